@@ -1,0 +1,151 @@
+"""LF-ViT: localization on a half-resolution copy, then focus on the class-discriminative region.
+
+Follows the official release (see docs in shared/docs/lfvit-algorithm.md of the project):
+one set of weights for both stages, a positional embedding per resolution, GCA over blocks
+`gca_blocks`, NGCA window choice, top-K coarse tokens refined into their 4 fine children, the
+localization features fused into the fine embeddings (reuse block + nearest upsample), and the
+unkept coarse tokens reused from the localization stage's layer-0 input.
+"""
+from typing import Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+
+from lfvit_jax import selection
+from lfvit_jax.models.vit import Mlp, VitTrunk, check_images, layer_norm, trunc_normal
+from lfvit_jax.resize import resize_align_corners
+
+FOCUS_MODES = ("region", "whole")
+
+
+def check_threshold(threshold):
+    if isinstance(threshold, (int, float)) and not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"Exit threshold eta={threshold} is outside [0, 1]; it is compared with "
+                         "the localization stage's top softmax probability.")
+
+
+class LFViT(VitTrunk):
+    """LF-ViT on full-resolution (B, S, S, 3) images, S a multiple of 2 * patch.
+
+    `apply(variables, images)` returns a dict: loc_logits, focus_logits (B, classes), gca (B, h1^2),
+    region (B,), coarse_index (B, K), fine_index (B, 4K); with `threshold=eta` also exited (B,),
+    confidence (B,) and logits (B, classes), the per-sample final prediction.
+    """
+    img_size: int = 224
+    region_size: int = 5
+    alpha: float = 0.88
+    beta: float = 0.99
+    gca_blocks: Optional[Tuple[int, ...]] = None  # default: the last three quarters (3..11 of 12)
+    region_method: str = "ngca"
+    fusion: bool = True  # reuse block + upsample of localization features into fine embeddings
+    reuse_tokens: bool = True  # unkept coarse tokens join the focus sequence
+
+    # Derived sizes: Python ints, so every shape is static under jit.
+    @property
+    def h1(self):
+        return self.img_size // (2 * self.patch)
+
+    @property
+    def num_kept(self):
+        return selection.num_kept(self.region_size, self.alpha)
+
+    @property
+    def target_blocks(self):
+        if self.gca_blocks is None:
+            return tuple(range(self.depth // 4, self.depth))
+        return tuple(self.gca_blocks)
+
+    def setup(self):
+        self._validate()
+        super().setup()
+        h1, h2 = self.h1, 2 * self.h1
+        self.pos_embed_list_0 = self.param("pos_embed_list_0", trunc_normal, (1, 1 + h1 * h1, self.width))
+        self.pos_embed_list_1 = self.param("pos_embed_list_1", trunc_normal, (1, 1 + h2 * h2, self.width))
+        self.reuse_block_0 = layer_norm()
+        self.reuse_block_1 = Mlp(4 * self.width)
+
+    def _validate(self):
+        step = 2 * self.patch
+        if self.img_size % step or self.img_size < step:
+            raise ValueError(f"img_size {self.img_size} must be a positive multiple of {step} "
+                             f"(twice the patch size {self.patch}), e.g. 224 or 288.")
+        if not 1 <= self.region_size <= self.h1:
+            raise ValueError(f"region_size m={self.region_size} must be in [1, {self.h1}]: the coarse "
+                             f"grid of a {self.img_size}px image is {self.h1}x{self.h1}.")
+        if not 0.0 < self.alpha <= 1.0:
+            raise ValueError(f"alpha={self.alpha} must be in (0, 1]: it is the fraction of the "
+                             "region's tokens that are refined.")
+        if not 0.0 <= self.beta < 1.0:
+            raise ValueError(f"beta={self.beta} must be in [0, 1): it is the GCA moving-average decay.")
+        if not self.target_blocks or not all(0 <= b < self.depth for b in self.target_blocks):
+            raise ValueError(f"gca_blocks {self.target_blocks} must be non-empty block indices "
+                             f"in [0, {self.depth}).")
+        if self.region_method not in selection.REGION_METHODS:
+            raise ValueError(f"region_method {self.region_method!r} is not one of "
+                             f"{selection.REGION_METHODS}.")
+
+    def __call__(self, images, threshold=None, train=False, focus="region"):
+        check_threshold(threshold)
+        out = self.localize(images, train)
+        out["focus_logits"] = self.focus(images, out, train, focus)
+        out = {k: v for k, v in out.items() if not k.startswith("_")}
+        if threshold is not None:
+            out.update(early_exit(out["loc_logits"], out["focus_logits"], threshold))
+        return out
+
+    def localize(self, images, train=False):
+        """Stage 1 and region selection. Keys starting with '_' are what `focus` needs."""
+        check_images(images, self.img_size, 2 * self.patch)
+        h1, m = self.h1, self.region_size
+        x = resize_align_corners(images, self.img_size // 2)
+        tokens = self.with_cls(self.patch_embed(x), self.pos_embed_list_0)
+        features, attn = self.encode(tokens, train, self.target_blocks)
+        gca = selection.gca_from_attention(attn, self.beta)
+        rng = None
+        if self.region_method == "random":  # without a 'region' rng, a fixed key keeps eval repeatable
+            rng = self.make_rng("region") if self.has_rng("region") else jax.random.key(0)
+        region = selection.choose_region(gca, h1, m, self.region_method, rng)
+        sel = selection.select_tokens(jax.lax.stop_gradient(gca), region, h1, m, self.num_kept)
+        return {"loc_logits": self.head(features[:, 0]), "gca": gca, "region": region,
+                "coarse_index": sel["kept"], "fine_index": sel["fine"],
+                "_rest_index": sel["rest"], "_tokens": tokens, "_features": features}
+
+    def focus(self, images, loc, train=False, mode="region"):
+        """Stage 2 on the full-resolution images, given the dict `localize` returned."""
+        if mode not in FOCUS_MODES:
+            raise ValueError(f"focus mode {mode!r} is not one of {FOCUS_MODES}.")
+        b, h1 = images.shape[0], self.h1
+        fine = self.patch_embed(images)
+        if self.fusion:
+            reused = self.reuse_block_1(self.reuse_block_0(loc["_features"][:, 1:]))
+            fine = fine + upsample2x(reused, h1)
+        fine = fine + self.pos_embed_list_1[:, 1:]
+        cls = jnp.broadcast_to(self.cls_token + self.pos_embed_list_1[:, :1], (b, 1, self.width))
+        if mode == "whole":
+            parts = [cls, fine]
+        else:
+            parts = [cls, take_tokens(fine, loc["fine_index"])]
+            if self.reuse_tokens:
+                parts.append(take_tokens(loc["_tokens"][:, 1:], loc["_rest_index"]))
+        features, _ = self.encode(jnp.concatenate(parts, axis=1), train)
+        return self.head(features[:, 0])
+
+
+def take_tokens(tokens, index):
+    """tokens (B, N, C), index (B, k) -> (B, k, C)."""
+    return jnp.take_along_axis(tokens, index[:, :, None], axis=1)
+
+
+def upsample2x(tokens, h1):
+    """Nearest x2 upsampling of a raster token grid: (B, h1^2, C) -> (B, 4 h1^2, C)."""
+    b, _, c = tokens.shape
+    grid = tokens.reshape(b, h1, 1, h1, 1, c)
+    return jnp.broadcast_to(grid, (b, h1, 2, h1, 2, c)).reshape(b, 4 * h1 * h1, c)
+
+
+def early_exit(loc_logits, focus_logits, threshold):
+    """Exit after localization when its top softmax probability is >= threshold."""
+    confidence = jax.nn.softmax(loc_logits.astype(jnp.float32), axis=-1).max(axis=-1)
+    exited = confidence >= threshold
+    return {"confidence": confidence, "exited": exited,
+            "logits": jnp.where(exited[:, None], loc_logits, focus_logits)}

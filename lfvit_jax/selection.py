@@ -1,0 +1,106 @@
+"""Global class attention, region choice (NGCA and the paper's ablations) and top-K token selection.
+
+Everything is static-shape jnp code: grid side h1, region side m and K are Python ints, so one
+compilation serves every batch. Ties go to the lowest index (window index for the region, coarse
+index inside the window), matching a stable descending sort.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+REGION_METHODS = ("ngca", "negative_ngca", "max_gca", "min_gca", "random")
+
+
+def num_kept(m, alpha):
+    """K = ceil(alpha * m^2), in float64 as the release computes it (m=5, 0.88 -> 22)."""
+    return int(np.ceil(float(m) * float(m) * float(alpha)))
+
+
+def gca_from_attention(cls_rows, beta):
+    """Moving average of class attention over blocks, then the mean over heads.
+
+    cls_rows: (L, B, heads, N) class-token attention rows of the target blocks, in block order.
+    Returns (B, N - 1): the cls->patch entries (cls->cls dropped, no renormalisation).
+    """
+    b1, b2 = np.float32(beta), np.float32(1.0 - beta)
+    g = jnp.zeros_like(cls_rows[0])
+    for row in cls_rows:
+        g = b1 * g + b2 * row
+    return g.mean(axis=1)[:, 1:]
+
+
+def window_scores(gca, h1, m):
+    """Sum of gca over every m x m window, stride 1: (B, nw * nw), row-major over corners."""
+    grid = gca.reshape(-1, h1, h1)
+    sums = jax.lax.reduce_window(grid, 0.0, jax.lax.add, (1, m, m), (1, 1, 1), "VALID")
+    return sums.reshape(grid.shape[0], -1)
+
+
+def _window_around(token, h1, m):
+    """Index of the window that puts coarse token `token` nearest its centre, kept on the grid."""
+    nw = h1 - m + 1
+    r, c = token // h1, token % h1
+    i = jnp.clip(r - (m - 1) // 2, 0, nw - 1)
+    j = jnp.clip(c - (m - 1) // 2, 0, nw - 1)
+    return i * nw + j
+
+
+def choose_region(gca, h1, m, method="ngca", rng=None):
+    """Picks one m x m window per sample; returns its index (B,) int32.
+
+    ngca: the window of largest summed gca (the release). negative_ngca: the smallest.
+    max_gca / min_gca: the window centred on the single largest / smallest gca token.
+    random: uniform over windows (needs `rng`).
+    """
+    nw = h1 - m + 1
+    if method == "ngca":
+        return jnp.argmax(window_scores(gca, h1, m), axis=1).astype(jnp.int32)
+    if method == "negative_ngca":
+        return jnp.argmin(window_scores(gca, h1, m), axis=1).astype(jnp.int32)
+    if method == "max_gca":
+        return _window_around(jnp.argmax(gca, axis=1), h1, m).astype(jnp.int32)
+    if method == "min_gca":
+        return _window_around(jnp.argmin(gca, axis=1), h1, m).astype(jnp.int32)
+    if method == "random":
+        if rng is None:
+            raise ValueError("region_method='random' needs a random key.")
+        return jax.random.randint(rng, (gca.shape[0],), 0, nw * nw, dtype=jnp.int32)
+    raise ValueError(f"Unknown region method {method!r}; choose one of {REGION_METHODS}.")
+
+
+def select_tokens(gca, region, h1, m, k):
+    """Token bookkeeping for the focus stage, all (B, ...) int32:
+
+    window: the region's m*m coarse indices, row-major.
+    kept:   the K window tokens of largest gca, in descending gca (the ones refined).
+    fine:   their 4K fine children on the 2h1 x 2h1 grid, [top-left | top-right | bottom-left |
+            bottom-right], each quarter in `kept` order.
+    rest:   the h1^2 - K coarse tokens not kept, in the release's order: window rows (left, then
+            right of the window), rows above, rows below, then the window's unkept tokens in
+            descending gca. Order does not change the logits; it makes stage-2 inputs comparable.
+    """
+    n, nw, h2 = h1 * h1, h1 - m + 1, 2 * h1
+    i, j = region // nw, region % nw
+    offsets = np.array([a * h1 + c for a in range(m) for c in range(m)], np.int32)
+    window = (i * h1 + j)[:, None] + offsets
+    values = jnp.take_along_axis(gca, window, axis=1)
+    order = jnp.argsort(-values, axis=1, stable=True)
+    ranked = jnp.take_along_axis(window, order, axis=1)
+    kept = ranked[:, :k]
+
+    r, c = kept // h1, kept % h1
+    tl = 2 * r * h2 + 2 * c
+    fine = jnp.concatenate([tl, tl + 1, tl + h2, tl + h2 + 1], axis=1)
+
+    rank = jnp.argsort(order, axis=1)  # rank of each window position in the descending sort
+    t = np.arange(n, dtype=np.int32)
+    rr, cc = t // h1, t % h1
+    i, j = i[:, None], j[:, None]
+    in_rows = (rr >= i) & (rr < i + m)
+    inside = in_rows & (cc >= j) & (cc < j + m)
+    token_rank = jnp.take_along_axis(rank, jnp.clip((rr - i) * m + (cc - j), 0, m * m - 1), axis=1)
+    key = jnp.where(inside, jnp.where(token_rank < k, 4 * n, 3 * n + token_rank),
+                    jnp.where(in_rows, t, jnp.where(rr < i, n + t, 2 * n + t)))
+    rest = jnp.argsort(key, axis=1)[:, : n - k]
+    return {"window": window, "kept": kept, "fine": fine.astype(jnp.int32),
+            "rest": rest.astype(jnp.int32)}
