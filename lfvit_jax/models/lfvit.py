@@ -127,7 +127,9 @@ class LFViT(VitTrunk):
             parts = [cls, take_tokens(fine, loc["fine_index"])]
             if self.reuse_tokens:
                 parts.append(take_tokens(loc["_tokens"][:, 1:], loc["_rest_index"]))
-        features, _ = self.encode(jnp.concatenate(parts, axis=1), train)
+        tokens = jnp.concatenate(parts, axis=1)
+        self.sow("intermediates", "focus_tokens", tokens)  # the stage-2 layer-0 input, for tests
+        features, _ = self.encode(tokens, train)
         return self.head(features[:, 0])
 
 

@@ -1,0 +1,124 @@
+"""FLOPs per image in the release's convention, with XLA's own count as a cross-check.
+
+Convention (reproduces the published LF-ViT figures exactly): 1 multiply-add = 1 FLOP for matmuls
+and the patch embedding; LayerNorm 5 per element; nearest upsampling 1 per output element;
+softmax, GELU and additions 0. Stage 2 is counted without its classifier head.
+
+  python -m lfvit_jax.flops --config configs/lfvit_deit_s.py:res=224,m=5
+
+Prints a per-stage table, then a JSON line with stage1_gflops / stage12_gflops (LF-ViT) or gflops
+(DeiT), and XLA's counts (`cost_analysis`, halved to multiply-adds).
+"""
+import json
+
+import jax
+import jax.numpy as jnp
+
+from lfvit_jax.models import LFViT
+
+
+def block_flops(n, width, mlp_dim):
+    """One transformer block on n tokens."""
+    attn = n * width * 3 * width + 2 * n * n * width + n * width * width
+    mlp = 2 * n * width * mlp_dim
+    return attn + mlp + 2 * 5 * n * width
+
+
+def _patch_embed(tokens, model):
+    return tokens * model.patch * model.patch * 3 * model.width
+
+
+def focus_tokens(model, mode="region"):
+    """Stage-2 sequence length (cls included)."""
+    h1 = model.h1
+    if mode == "whole":
+        return 1 + 4 * h1 * h1
+    return 1 + 4 * model.num_kept + (h1 * h1 - model.num_kept if model.reuse_tokens else 0)
+
+
+def flops_table(model, focus_mode="region"):
+    """[(stage, part, flops)] for one image. Stages: 'stage1', 'stage2' (LF-ViT) or 'deit'."""
+    c, depth = model.width, model.depth
+    if not isinstance(model, LFViT):
+        n = (model.img_size // model.patch) ** 2
+        return [("deit", "patch embedding", _patch_embed(n, model)),
+                ("deit", f"{depth} blocks x {n + 1} tokens",
+                 depth * block_flops(n + 1, c, model.mlp_dim)),
+                ("deit", "final norm", 5 * (n + 1) * c),
+                ("deit", "head", c * model.num_classes)]
+    h1 = model.h1
+    n1, n2 = 1 + h1 * h1, focus_tokens(model, focus_mode)
+    rows = [("stage1", f"patch embedding ({model.img_size // 2}px)", _patch_embed(h1 * h1, model)),
+            ("stage1", f"{depth} blocks x {n1} tokens", depth * block_flops(n1, c, model.mlp_dim)),
+            ("stage1", "final norm", 5 * n1 * c),
+            ("stage1", "head", c * model.num_classes),
+            ("stage2", f"patch embedding ({model.img_size}px)", _patch_embed(4 * h1 * h1, model))]
+    if model.fusion:
+        rows += [("stage2", "reuse block (norm + MLP)", 5 * h1 * h1 * c + 2 * h1 * h1 * c * 4 * c),
+                 ("stage2", "nearest upsample x2", 4 * h1 * h1 * c)]
+    rows += [("stage2", f"{depth} blocks x {n2} tokens", depth * block_flops(n2, c, model.mlp_dim)),
+             ("stage2", "final norm", 5 * n2 * c)]
+    return rows
+
+
+def summary(model, focus_mode="region"):
+    """GFLOPs per image: {'stage1_gflops', 'stage2_gflops', 'stage12_gflops'} or {'gflops'}."""
+    rows = flops_table(model, focus_mode)
+    total = {}
+    for stage, _, f in rows:
+        total[stage] = total.get(stage, 0) + f
+    if "deit" in total:
+        return {"gflops": total["deit"] / 1e9}
+    return {"stage1_gflops": total["stage1"] / 1e9, "stage2_gflops": total["stage2"] / 1e9,
+            "stage12_gflops": (total["stage1"] + total["stage2"]) / 1e9}
+
+
+def xla_gflops(model, method=None, **kwargs):
+    """XLA's count for one image of `model.apply(..., method=method)`, in multiply-adds."""
+    images = jax.ShapeDtypeStruct((1, model.img_size, model.img_size, 3), jnp.float32)
+    variables = jax.eval_shape(model.init, jax.random.key(0), images)
+    fn = lambda v, x: model.apply(v, x, method=method, **kwargs)
+    return jax.jit(fn).lower(variables, images).cost_analysis()["flops"] / 2 / 1e9
+
+
+def report(model, focus_mode="region"):
+    """The readable table and the JSON summary with XLA's cross-check."""
+    lines = [f"{'stage':8} {'part':38} {'GFLOPs':>12}"]
+    for stage, part, f in flops_table(model, focus_mode):
+        lines.append(f"{stage:8} {part:38} {f / 1e9:12.6f}")
+    out = summary(model, focus_mode)
+    if isinstance(model, LFViT):
+        out.update(region_size=model.region_size, kept_tokens=model.num_kept,
+                   stage2_tokens=focus_tokens(model, focus_mode))
+        xla1 = xla_gflops(model, method=LFViT.localize)
+        xla12 = xla_gflops(model, focus=focus_mode)
+        out.update(xla_stage1_gflops=xla1, xla_stage12_gflops=xla12)
+        lines.append(f"{'total':8} {'stage 1':38} {out['stage1_gflops']:12.6f}   (XLA: {xla1:.6f})")
+        lines.append(f"{'total':8} {'stage 1 + 2':38} {out['stage12_gflops']:12.6f}   "
+                     f"(XLA: {xla12:.6f}, includes the stage-2 head and elementwise ops)")
+    else:
+        out["xla_gflops"] = xla_gflops(model)
+        lines.append(f"{'total':8} {'':38} {out['gflops']:12.6f}   (XLA: {out['xla_gflops']:.6f})")
+    return "\n".join(lines), out
+
+
+def main(argv):
+    del argv
+    from lfvit_jax.models import build_model
+    model = build_model(_CONFIG.value.model)
+    table, out = report(model, _FOCUS.value)
+    print(table)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py:arg).",
+                                              lock_config=True)
+    _FOCUS = flags.DEFINE_enum("focus", "region", ["region", "whole"],
+                               "Focus stage on the selected region (inference) or the whole image "
+                               "(first training phase).")
+    flags.mark_flags_as_required(["config"])
+    app.run(main)

@@ -1,0 +1,254 @@
+"""One-line loading of LF-ViT / CF-ViT / timm DeiT weights, and the project's own checkpoint format.
+
+PyTorch names map to Flax paths by rule: numbered children join their parent
+(`blocks.3.attn.qkv.weight` -> `blocks_3/attn/qkv/kernel`), Linear weights are transposed,
+conv weights go OIHW -> HWIO and LayerNorm `weight` becomes `scale`.
+"""
+import json
+import logging
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from lfvit_jax.models import VARIANTS, build_model
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "model_config.json"
+PARAMS_DIR = "params"
+
+
+def flax_path(torch_name):
+    """'blocks.3.norm1.weight' -> ('blocks_3', 'norm1', 'weight') (leaf renamed by `to_flax`)."""
+    out = []
+    for part in torch_name.split("."):
+        if part.isdigit() and out:
+            out[-1] = f"{out[-1]}_{part}"
+        else:
+            out.append(part)
+    return tuple(out)
+
+
+def to_flax(torch_name, array):
+    """Flax path and array for one PyTorch tensor."""
+    path = flax_path(torch_name)
+    leaf = path[-1]
+    if leaf == "weight":
+        if array.ndim == 4:  # conv OIHW -> HWIO
+            return path[:-1] + ("kernel",), array.transpose(2, 3, 1, 0)
+        if array.ndim == 2:  # Linear (out, in) -> Dense kernel (in, out)
+            return path[:-1] + ("kernel",), array.T
+        return path[:-1] + ("scale",), array  # LayerNorm
+    return path, array
+
+
+def read_state_dict(path, allow_pickle=False):
+    """A PyTorch-named state_dict as numpy arrays from .pth/.pt/.bin or .npz."""
+    if path.endswith(".npz"):
+        with np.load(path) as f:
+            sd = {k: f[k] for k in f.files}
+    elif path.endswith((".pth", ".pt", ".bin")):
+        try:
+            import torch  # only for .pth files; not a requirement of the project
+        except ImportError as e:
+            raise ValueError(f"Reading {path} needs PyTorch (pip install torch), or convert it to "
+                             ".npz of its state_dict arrays first.") from e
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
+        except Exception as e:  # torch raises UnpicklingError subclasses that vary by version
+            if allow_pickle:
+                raise
+            raise ValueError(f"{path} holds Python objects besides tensors (e.g. training args). "
+                             "If you trust the file, pass allow_pickle=True "
+                             "(CLI: --allow_pickle).") from e
+        if isinstance(obj, dict):
+            for key in ("model", "state_dict", "model_ema"):
+                if isinstance(obj.get(key), dict):
+                    obj = obj[key]
+                    break
+        sd = {k: v.detach().cpu().float().numpy() for k, v in obj.items() if hasattr(v, "detach")}
+    else:
+        raise ValueError(f"Unrecognised checkpoint {path!r}: expected a .pth/.pt state_dict, an .npz "
+                         "of state_dict arrays, or a directory written by `python -m lfvit_jax.convert`.")
+    return {k.removeprefix("module."): np.asarray(v, np.float32) for k, v in sd.items()}
+
+
+def _grid_side(num_tokens, what):
+    side = math.isqrt(num_tokens - 1)
+    if side * side != num_tokens - 1:
+        raise ValueError(f"{what} has {num_tokens} tokens, not 1 + a square grid.")
+    return side
+
+
+def infer_config(sd):
+    """Architecture settings readable from tensor shapes."""
+    if "cls_token" not in sd or "patch_embed.proj.weight" not in sd:
+        raise ValueError("Not a ViT state_dict: no cls_token / patch_embed.proj.weight. "
+                         f"First keys: {sorted(sd)[:5]}")
+    width = sd["cls_token"].shape[-1]
+    patch = sd["patch_embed.proj.weight"].shape[-1]
+    depth = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
+    cfg = {"width": width, "depth": depth, "patch": patch,
+           "mlp_dim": sd["blocks.0.mlp.fc1.weight"].shape[0],
+           "num_classes": sd["head.weight"].shape[0]}
+    heads = {w: h for w, _, h in VARIANTS.values()}.get(width)
+    if heads:
+        cfg["num_heads"] = heads
+    if "pos_embed_list.1" in sd:
+        h1 = _grid_side(sd["pos_embed_list.0"].shape[1], "pos_embed_list.0")
+        h2 = _grid_side(sd["pos_embed_list.1"].shape[1], "pos_embed_list.1")
+        if h2 != 2 * h1:
+            raise ValueError(f"Fine grid {h2} is not twice the coarse grid {h1}.")
+        cfg.update(name="lfvit", img_size=h2 * patch)
+    elif "pos_embed" in sd:
+        cfg.update(img_size=_grid_side(sd["pos_embed"].shape[1], "pos_embed") * patch)
+    return cfg
+
+
+def resample_pos_embed(pos_embed, side):
+    """(1, 1 + n*n, C) -> (1, 1 + side*side, C), bicubic over the grid, cls slot kept."""
+    cls, grid = pos_embed[:, :1], pos_embed[:, 1:]
+    n, c = _grid_side(pos_embed.shape[1], "pos_embed"), pos_embed.shape[-1]
+    grid = jax.image.resize(grid.reshape(1, n, n, c), (1, side, side, c), "bicubic",
+                            antialias=False)
+    return np.concatenate([cls, np.asarray(grid).reshape(1, side * side, c)], axis=1)
+
+
+def _from_deit(sd, model):
+    """timm DeiT names -> LF-ViT names: the single pos_embed serves the fine grid and is resampled
+    for the coarse grid; the reuse block has no counterpart and keeps its fresh initialisation."""
+    sd = dict(sd)
+    pos = sd.pop("pos_embed")
+    h1 = model.h1
+    if pos.shape[1] != 1 + 4 * h1 * h1:
+        pos = resample_pos_embed(pos, 2 * h1)
+    sd["pos_embed_list.1"] = pos
+    sd["pos_embed_list.0"] = resample_pos_embed(pos, h1)
+    log.warning("Loaded a DeiT state_dict into LF-ViT: pos_embed_list.0 was resampled from the "
+                "%dx%d pos_embed to %dx%d, and the reuse block is freshly initialised.",
+                2 * h1, 2 * h1, h1, h1)
+    return sd
+
+
+def assign(sd, abstract_params, fresh_params=None, allow_missing=()):
+    """Fills a Flax parameter tree from a state_dict, strictly.
+
+    Raises ValueError listing missing, unexpected and mis-shaped keys. Missing paths that start
+    with a prefix in `allow_missing` take their value from `fresh_params`.
+    """
+    flat_target = traverse_util.flatten_dict(abstract_params, sep="/")
+    flat_fresh = traverse_util.flatten_dict(fresh_params or {}, sep="/")
+    out, unexpected, mismatched = {}, [], []
+    for name, array in sd.items():
+        path, value = to_flax(name, array)
+        key = "/".join(path)
+        if key not in flat_target:
+            unexpected.append(name)
+        elif tuple(value.shape) != tuple(flat_target[key].shape):
+            mismatched.append(f"{name}: checkpoint {tuple(array.shape)} vs model "
+                              f"{tuple(flat_target[key].shape)} (as {key})")
+        else:
+            out[key] = value
+    missing = [k for k in flat_target if k not in out]
+    fresh = [k for k in missing if k.startswith(tuple(allow_missing))]
+    missing = [k for k in missing if k not in fresh]
+    problems = []
+    if missing:
+        problems.append(f"missing from the checkpoint: {missing}")
+    if unexpected:
+        problems.append(f"not used by the model: {unexpected}")
+    if mismatched:
+        problems.append(f"shape mismatch: {mismatched}")
+    if problems:
+        raise ValueError("Checkpoint does not match the model config:\n  " + "\n  ".join(problems)
+                         + "\nFix the overrides (e.g. img_size, num_classes, num_heads, name) or "
+                         "use a checkpoint of this architecture.")
+    for key in fresh:
+        out[key] = np.asarray(flat_fresh[key])
+    return traverse_util.unflatten_dict({k: jnp.asarray(v) for k, v in out.items()}, sep="/")
+
+
+def load_pretrained(path, allow_pickle=False, **overrides):
+    """(model, variables) from an official LF-ViT / CF-ViT checkpoint, a timm DeiT state_dict, or a
+    directory written by `python -m lfvit_jax.convert`.
+
+    Architecture settings are read from the tensor shapes; `overrides` sets the rest (region_size,
+    alpha, beta, gca_blocks, region_method, fusion, reuse_tokens, num_heads, drop_path, name).
+    An override that contradicts the shapes is a ValueError.
+    """
+    if os.path.isdir(path):
+        return load_converted(path, **overrides)
+    sd = read_state_dict(path, allow_pickle)
+    cfg = infer_config(sd)
+    is_deit_sd = "pos_embed" in sd
+    cfg.setdefault("name", "lfvit")
+    for key, value in overrides.items():
+        if key in cfg and key != "name" and cfg[key] != value:
+            if not (is_deit_sd and key == "img_size"):  # a DeiT pos_embed can be resampled
+                raise ValueError(f"Checkpoint does not match the config: {key}={value} was asked, "
+                                 f"but the weights have {key}={cfg[key]}.")
+        cfg[key] = value
+    if "num_heads" not in cfg:
+        raise ValueError(f"Cannot infer num_heads from width {cfg['width']} (not a DeiT Ti/S/B "
+                         "width); pass num_heads=... .")
+    model = build_model(cfg)
+    dummy = jnp.zeros((1, model.img_size, model.img_size, 3), jnp.float32)
+    allow_missing = ()
+    fresh = None
+    if is_deit_sd and cfg["name"] == "lfvit":
+        sd = _from_deit(sd, model)
+        allow_missing = ("reuse_block_",)
+        fresh = jax.jit(model.init)(jax.random.key(0), dummy)["params"]
+        abstract = fresh
+    else:
+        abstract = jax.eval_shape(model.init, jax.random.key(0), dummy)["params"]
+    params = assign(sd, abstract, fresh, allow_missing)
+    return model, {"params": params}
+
+
+def model_config(model):
+    """The constructor arguments of a model, JSON-ready."""
+    fields = {k: getattr(model, k) for k in model.__dataclass_fields__
+              if k not in ("parent", "name")}
+    if fields.get("gca_blocks") is not None:
+        fields["gca_blocks"] = list(fields["gca_blocks"])
+    return {"name": "lfvit" if hasattr(model, "region_size") else "deit", **fields}
+
+
+def save_converted(path, model, variables):
+    """Writes the project's own format: an orbax params checkpoint plus model_config.json."""
+    import orbax.checkpoint as ocp
+    path = os.path.abspath(path)
+    if os.path.exists(path):
+        raise ValueError(f"{path} exists; choose a new destination or delete it first.")
+    ckptr = ocp.StandardCheckpointer()
+    ckptr.save(os.path.join(path, PARAMS_DIR), variables["params"])
+    ckptr.wait_until_finished()
+    with open(os.path.join(path, CONFIG_FILE), "w") as f:
+        json.dump(model_config(model), f, indent=1)
+
+
+def load_converted(path, **overrides):
+    """Reads what `save_converted` wrote; overrides change non-shape settings (e.g. region_size)."""
+    import orbax.checkpoint as ocp
+    path = os.path.abspath(path)
+    cfg_file = os.path.join(path, CONFIG_FILE)
+    if not os.path.exists(cfg_file):
+        raise ValueError(f"{path} is not a converted checkpoint (no {CONFIG_FILE}); write one with "
+                         "`python -m lfvit_jax.convert SRC DST`.")
+    with open(cfg_file) as f:
+        cfg = json.load(f)
+    cfg.update(overrides)
+    model = build_model(cfg)
+    dummy = jnp.zeros((1, model.img_size, model.img_size, 3), jnp.float32)
+    abstract = jax.eval_shape(model.init, jax.random.key(0), dummy)["params"]
+    try:
+        params = ocp.StandardCheckpointer().restore(os.path.join(path, PARAMS_DIR), abstract)
+    except Exception as e:  # orbax reports shape/structure problems with several exception types
+        raise ValueError(f"Could not restore {path} into the model built from its config with "
+                         f"overrides {overrides}: {e}") from e
+    return model, {"params": params}
