@@ -199,6 +199,9 @@ def load_pretrained(path, allow_pickle=False, **overrides):
     dummy = jnp.zeros((1, model.img_size, model.img_size, 3), jnp.float32)
     allow_missing = ()
     fresh = None
+    if cfg["name"] == "lfvit" and not model.fusion and any(k.startswith("reuse_block.") for k in sd):
+        log.warning("fusion=False: the checkpoint's reuse block is not used.")
+        sd = {k: v for k, v in sd.items() if not k.startswith("reuse_block.")}
     if is_deit_sd and cfg["name"] == "lfvit":
         sd = _from_deit(sd, model)
         allow_missing = ("reuse_block_",)

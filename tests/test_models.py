@@ -1,0 +1,139 @@
+"""LF-ViT's ablation switches, resolutions, the DeiT baseline, and errors on bad input."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lfvit_jax import selection
+from lfvit_jax.models import DeiT, LFViT, build_model
+
+TINY = dict(num_classes=5, width=32, depth=4, num_heads=2, mlp_dim=64, patch=8, img_size=64,
+            region_size=3)
+
+
+def run(model, images, variables=None, **kwargs):
+    variables = variables or model.init(jax.random.key(0), images)
+    out, state = model.apply(variables, images, mutable="intermediates", **kwargs)
+    return variables, out, state["intermediates"]["focus_tokens"][0]
+
+
+@pytest.fixture(scope="module")
+def images():
+    return jax.random.normal(jax.random.key(1), (3, 64, 64, 3))
+
+
+@pytest.fixture(scope="module")
+def base(images):
+    return run(LFViT(**TINY), images)
+
+
+def test_fusion_adds_exactly_the_reuse_output(images, base):
+    variables, out, _ = base
+    # Zero the reuse MLP's output layer: fusion then adds nothing, as with fusion off.
+    zeroed = jax.tree_util.tree_map(lambda x: x, variables)
+    fc2 = zeroed["params"]["reuse_block_1"]["fc2"]
+    fc2["kernel"], fc2["bias"] = jnp.zeros_like(fc2["kernel"]), jnp.zeros_like(fc2["bias"])
+    _, zero_out, _ = run(LFViT(**TINY), images, zeroed)
+    _, off_out, _ = run(LFViT(**TINY, fusion=False), images, variables)
+    np.testing.assert_allclose(off_out["focus_logits"], zero_out["focus_logits"], atol=1e-6)
+    assert np.abs(np.asarray(off_out["focus_logits"] - out["focus_logits"])).max() > 1e-5
+    np.testing.assert_array_equal(off_out["loc_logits"], out["loc_logits"])
+
+
+def test_reuse_tokens_off_drops_only_the_coarse_tokens(images, base):
+    variables, _, tokens = base
+    model = LFViT(**TINY, reuse_tokens=False)
+    _, _, short = run(model, images, variables)
+    k = model.num_kept
+    assert tokens.shape[1] == 1 + 4 * k + (16 - k) and short.shape[1] == 1 + 4 * k
+    np.testing.assert_array_equal(short, tokens[:, :1 + 4 * k])
+
+
+def test_whole_mode_is_deit_on_the_fine_grid(images, base):
+    variables, _, _ = base
+    params = dict(variables["params"])
+    _, out, tokens = run(LFViT(**TINY, fusion=False), images, variables, focus="whole")
+    assert tokens.shape[1] == 1 + 64
+    params["pos_embed"] = params.pop("pos_embed_list_1")
+    del params["pos_embed_list_0"], params["reuse_block_0"], params["reuse_block_1"]
+    deit = DeiT(**{k: v for k, v in TINY.items() if k != "region_size"})
+    logits = deit.apply({"params": params}, images)["logits"]
+    np.testing.assert_allclose(out["focus_logits"], logits, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", selection.REGION_METHODS)
+def test_region_methods_in_the_model(images, base, method):
+    variables, _, _ = base
+    _, out, tokens = run(LFViT(**TINY, region_method=method), images, variables,
+                         rngs={"region": jax.random.key(5)})
+    gca = np.asarray(out["gca"])
+    scores = np.asarray(selection.window_scores(out["gca"], 4, 3))
+    region = np.asarray(out["region"])
+    if method == "ngca":
+        np.testing.assert_array_equal(region, scores.argmax(1))
+    elif method == "negative_ngca":
+        np.testing.assert_array_equal(region, scores.argmin(1))
+    elif method in ("max_gca", "min_gca"):  # the extreme token lies inside the chosen window
+        t = gca.argmax(1) if method == "max_gca" else gca.argmin(1)
+        i, j = region // 2, region % 2
+        r, c = t // 4, t % 4
+        assert ((r >= i) & (r < i + 3) & (c >= j) & (c < j + 3)).all()
+    else:
+        assert ((region >= 0) & (region < 4)).all()
+    assert tokens.shape[1] == 1 + 4 * 8 + 16 - 8
+
+
+@pytest.mark.parametrize("size,m", [(64, 2), (96, 3), (160, 5), (224, 7)])
+def test_any_multiple_of_twice_the_patch(size, m):
+    cfg = dict(TINY, patch=16, img_size=size, region_size=m)
+    model = LFViT(**cfg)
+    images = jnp.ones((2, size, size, 3))
+    variables = jax.eval_shape(model.init, jax.random.key(0), images)
+    out = jax.eval_shape(model.apply, variables, images, threshold=0.5)
+    h1 = size // 32
+    assert out["gca"].shape == (2, h1 * h1)
+    assert out["coarse_index"].shape == (2, model.num_kept)
+    assert out["logits"].shape == (2, 5) and out["exited"].dtype == jnp.bool_
+
+
+def test_build_model_from_variant():
+    model = build_model({"name": "lfvit", "variant": "Ti", "num_classes": 10})
+    assert (model.width, model.depth, model.num_heads, model.mlp_dim) == (192, 12, 3, 768)
+    assert model.target_blocks == tuple(range(3, 12))
+
+
+@pytest.mark.parametrize("change,match", [
+    (dict(region_size=5), "region_size m=5 must be in"),
+    (dict(alpha=0.0), "alpha=0.0 must be in"),
+    (dict(alpha=1.5), "alpha=1.5 must be in"),
+    (dict(img_size=72), "must be a positive multiple of 16"),
+    (dict(region_method="best"), "region_method 'best'"),
+    (dict(gca_blocks=(2, 9)), "gca_blocks"),
+])
+def test_bad_model_settings(images, change, match):
+    with pytest.raises(ValueError, match=match):
+        LFViT(**dict(TINY, **change)).init(jax.random.key(0), images)
+
+
+@pytest.mark.parametrize("shape,match", [
+    ((2, 32, 32, 3), "Expected 64x64 images, got 32x32"),
+    ((2, 3, 64, 64), "3 colour channels last"),
+    ((2, 64, 64, 1), "3 colour channels last"),
+    ((64, 64, 3), "shape \\(B, H, W, 3\\)"),
+])
+def test_bad_images(base, shape, match):
+    variables, _, _ = base
+    with pytest.raises(ValueError, match=match):
+        LFViT(**TINY).apply(variables, jnp.zeros(shape))
+
+
+@pytest.mark.parametrize("eta", [-0.1, 1.5])
+def test_bad_threshold(images, base, eta):
+    variables, _, _ = base
+    with pytest.raises(ValueError, match="outside \\[0, 1\\]"):
+        LFViT(**TINY).apply(variables, images, threshold=eta)
+
+
+def test_unknown_config_key():
+    with pytest.raises(ValueError, match="Unknown model config key 'regionsize'"):
+        build_model({"name": "lfvit", "variant": "S", "regionsize": 4})
