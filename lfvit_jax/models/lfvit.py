@@ -145,9 +145,13 @@ def upsample2x(tokens, h1):
     return jnp.broadcast_to(grid, (b, h1, 2, h1, 2, c)).reshape(b, 4 * h1 * h1, c)
 
 
-def early_exit(loc_logits, focus_logits, threshold):
-    """Exit after localization when its top softmax probability is >= threshold."""
+def exit_decision(loc_logits, threshold):
+    """(confidence, exited): exit after localization when its top softmax probability >= eta."""
     confidence = jax.nn.softmax(loc_logits.astype(jnp.float32), axis=-1).max(axis=-1)
-    exited = confidence >= threshold
+    return confidence, confidence >= threshold
+
+
+def early_exit(loc_logits, focus_logits, threshold):
+    confidence, exited = exit_decision(loc_logits, threshold)
     return {"confidence": confidence, "exited": exited,
             "logits": jnp.where(exited[:, None], loc_logits, focus_logits)}

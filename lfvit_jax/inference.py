@@ -1,0 +1,100 @@
+"""Early-exit inference under jit: static shapes, and real savings from compacting the hard samples.
+
+Two paths give the same predictions:
+  masked:    both stages on the whole batch, the answer picked per sample (simple, saves nothing);
+  compacted: localization on the batch, then only the samples that did not exit, gathered into a
+             bucket of a few fixed sizes chosen on the host, run through the focus stage and
+             scattered back. At most one compilation per bucket size; a batch where every sample
+             exits skips the focus stage.
+"""
+import math
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lfvit_jax.models.lfvit import LFViT, check_threshold, exit_decision
+
+DEFAULT_BUCKETS = (1 / 8, 1 / 4, 1 / 2, 1)
+
+
+def bucket_sizes(batch_size, fractions=DEFAULT_BUCKETS, multiple=1):
+    """Distinct bucket capacities: each fraction of the batch, rounded up to `multiple` (the device
+    count, so a bucket splits evenly over devices), largest = the batch."""
+    if batch_size % multiple:
+        raise ValueError(f"Batch size {batch_size} must be a multiple of the {multiple} devices.")
+    sizes = {min(batch_size, multiple * math.ceil(f * batch_size / multiple)) for f in fractions}
+    return tuple(sorted(sizes | {batch_size}))
+
+
+def choose_bucket(n, sizes):
+    """Smallest capacity that holds n samples (n <= the largest size)."""
+    return next(s for s in sizes if s >= n)
+
+
+class EarlyExitPredictor:
+    """Runs LF-ViT with early exit on batches of a fixed size.
+
+    predictor = EarlyExitPredictor(model, variables, batch_size=32)
+    out = predictor(images, threshold=0.76)          # compacted
+    out = predictor.masked(images, threshold=0.76)   # reference path
+
+    With `sharding` (a NamedSharding over the batch axis) the batch is split over devices.
+    """
+
+    def __init__(self, model, variables, batch_size, buckets=DEFAULT_BUCKETS, sharding=None):
+        if not isinstance(model, LFViT):
+            raise ValueError("Early exit needs an LFViT model.")
+        self.model, self.variables, self.batch_size = model, variables, batch_size
+        self.sharding = sharding
+        devices = 1 if sharding is None else sharding.mesh.size
+        self.sizes = bucket_sizes(batch_size, buckets, devices)
+        self._localize = jax.jit(partial(_localize, model))
+        self._focus = jax.jit(partial(_focus_bucket, model))
+        self._masked = jax.jit(partial(_masked, model))
+
+    def _put(self, images):
+        if images.shape[0] != self.batch_size:
+            raise ValueError(f"Expected a batch of {self.batch_size} images, got {images.shape[0]}; "
+                             "pad the last batch (and ignore the padded outputs).")
+        return images if self.sharding is None else jax.device_put(images, self.sharding)
+
+    def masked(self, images, threshold):
+        check_threshold(threshold)
+        return self._masked(self.variables, self._put(images), jnp.float32(threshold))
+
+    def __call__(self, images, threshold):
+        """Dict with logits, exited, confidence, loc_logits, gca, region, coarse_index,
+        fine_index, and `bucket`: the focus batch size used (0 when every sample exited)."""
+        check_threshold(threshold)
+        images = self._put(images)
+        loc = self._localize(self.variables, images, jnp.float32(threshold))
+        hard = np.flatnonzero(~np.asarray(loc["exited"]))
+        public = {k: v for k, v in loc.items() if not k.startswith("_")}
+        if hard.size == 0:
+            return dict(public, logits=loc["loc_logits"], bucket=0)
+        size = choose_bucket(hard.size, self.sizes)
+        # Padding slots point past the batch: gathers clip them, the scatter drops them.
+        index = np.full(size, self.batch_size, np.int32)
+        index[:hard.size] = hard
+        logits = self._focus(self.variables, images, loc, jnp.asarray(index))
+        return dict(public, logits=logits, bucket=size)
+
+
+def _localize(model, variables, images, threshold):
+    loc = model.apply(variables, images, method=LFViT.localize)
+    confidence, exited = exit_decision(loc["loc_logits"], threshold)
+    return dict(loc, exited=exited, confidence=confidence)
+
+
+def _focus_bucket(model, variables, images, loc, index):
+    """Focus stage on images[index], scattered into the localization logits."""
+    take = lambda x: jnp.take(x, index, axis=0, mode="clip")
+    sub = {k: take(loc[k]) for k in ("fine_index", "_rest_index", "_tokens", "_features")}
+    focus = model.apply(variables, take(images), sub, method=LFViT.focus)
+    return loc["loc_logits"].at[index].set(focus.astype(loc["loc_logits"].dtype), mode="drop")
+
+
+def _masked(model, variables, images, threshold):
+    return model.apply(variables, images, threshold=threshold)

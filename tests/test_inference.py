@@ -1,0 +1,94 @@
+"""Masked and compacted early exit agree, never drop a sample, and compile a bounded number of times."""
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from lfvit_jax import inference
+from lfvit_jax.models import LFViT
+
+TINY = dict(num_classes=7, width=32, depth=3, num_heads=2, mlp_dim=64, patch=8, img_size=64,
+            region_size=3)
+BATCH = 16
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = LFViT(**TINY)
+    images = jax.random.normal(jax.random.key(1), (BATCH, 64, 64, 3))
+    variables = model.init(jax.random.key(0), images)
+    # Sharper head: confidences spread over (0, 1) so thresholds split the batch.
+    variables["params"]["head"]["kernel"] = variables["params"]["head"]["kernel"] * 300
+    return model, variables, images
+
+
+def quantile_thresholds(conf):
+    c = np.sort(conf)
+    return {"none exit": 1.0, "all exit": 0.0, "some exit": float((c[4] + c[5]) / 2),
+            "most exit": float((c[12] + c[13]) / 2), "one exits": float((c[-1] + c[-2]) / 2),
+            "one hard": float((c[0] + c[1]) / 2)}
+
+
+@pytest.mark.parametrize("sharded", [False, True])
+def test_masked_and_compacted_agree(setup, sharded):
+    model, variables, images = setup
+    sharding = NamedSharding(Mesh(np.array(jax.devices()), ("data",)), P("data")) if sharded else None
+    pred = inference.EarlyExitPredictor(model, variables, BATCH, sharding=sharding)
+    ref = model.apply(variables, images)
+    conf = np.asarray(jax.nn.softmax(ref["loc_logits"]).max(-1))
+    assert conf.max() - conf.min() > 0.1
+    for name, eta in {**quantile_thresholds(conf), "half": 0.5}.items():
+        masked = pred.masked(images, eta)
+        out = pred(images, eta)
+        exited = conf >= eta
+        np.testing.assert_array_equal(np.asarray(out["exited"]), exited, err_msg=name)
+        np.testing.assert_array_equal(np.asarray(masked["exited"]), exited, err_msg=name)
+        want = np.where(exited[:, None], ref["loc_logits"], ref["focus_logits"])
+        np.testing.assert_allclose(np.asarray(out["logits"]), want, rtol=1e-5, atol=1e-5,
+                                   err_msg=name)
+        np.testing.assert_allclose(np.asarray(masked["logits"]), want, rtol=1e-5, atol=1e-5,
+                                   err_msg=name)
+        np.testing.assert_array_equal(np.asarray(out["logits"]).argmax(-1),
+                                      np.asarray(masked["logits"]).argmax(-1))
+        n_hard = int((~exited).sum())
+        assert out["bucket"] == (0 if n_hard == 0 else inference.choose_bucket(n_hard, pred.sizes))
+
+
+def test_compiles_at_most_once_per_bucket(setup, monkeypatch):
+    model, variables, images = setup
+    chex.clear_trace_counter()
+    sizes = inference.bucket_sizes(BATCH)
+    monkeypatch.setattr(inference, "_localize", chex.assert_max_traces(inference._localize, n=1))
+    monkeypatch.setattr(inference, "_focus_bucket",
+                        chex.assert_max_traces(inference._focus_bucket, n=len(sizes)))
+    pred = inference.EarlyExitPredictor(model, variables, BATCH)
+    conf = np.sort(np.asarray(jax.nn.softmax(model.apply(variables, images)["loc_logits"]).max(-1)))
+    seen = set()
+    for eta in np.concatenate([[0.0, 1.0], (conf[:-1] + conf[1:]) / 2, [0.3, 0.7]]):
+        seen.add(pred(images, float(eta))["bucket"])
+    assert seen == {0, *sizes}
+    chex.clear_trace_counter()
+
+
+@pytest.mark.parametrize("batch,fractions,multiple,want", [
+    (32, inference.DEFAULT_BUCKETS, 1, (4, 8, 16, 32)),
+    (16, inference.DEFAULT_BUCKETS, 8, (8, 16)),
+    (10, inference.DEFAULT_BUCKETS, 1, (2, 3, 5, 10)),
+    (8, (0.5,), 1, (4, 8)),
+])
+def test_bucket_sizes(batch, fractions, multiple, want):
+    sizes = inference.bucket_sizes(batch, fractions, multiple)
+    assert sizes == want
+    for n in range(1, batch + 1):  # every count fits a bucket: no sample is ever dropped
+        assert inference.choose_bucket(n, sizes) >= n
+
+
+def test_wrong_batch_size(setup):
+    model, variables, images = setup
+    pred = inference.EarlyExitPredictor(model, variables, BATCH)
+    with pytest.raises(ValueError, match="Expected a batch of 16 images, got 8"):
+        pred(images[:8], 0.5)
+    with pytest.raises(ValueError, match="outside \\[0, 1\\]"):
+        pred(images, 2.0)
