@@ -4,7 +4,9 @@ Training: each process reads its own shard of a per-epoch shuffled, endlessly re
 decodes and augments per example with an RNG keyed on (seed, global position), batches with
 drop-remainder, then mixes the batch (mixup/cutmix + label smoothing). Everything random derives
 from the seed and the position, so the grain iterator state (the position) is all a checkpoint
-needs to resume the exact stream, for any number of grain workers.
+needs to resume the exact stream. With `workers` > 0 each grain worker builds whole batches from
+every workers-th position: same examples and augmentations, grouped differently; grain rejects
+a state saved under another worker count.
 
 Evaluation: the split is padded to a whole number of global batches; process p takes the
 positions p, p + P, p + 2P, ...; padding examples carry `_mask = False`.
@@ -17,6 +19,7 @@ import sys
 
 import grain.python as grain
 import jax
+from absl import flags
 import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
@@ -280,15 +283,19 @@ class EvalExample(grain.MapTransform):
         return out
 
 
-def _check_on_corrupt(data_cfg):
+def _check_config(data_cfg):
     if data_cfg.on_corrupt not in ("skip", "error"):
         raise ValueError(f"on_corrupt must be 'skip' or 'error', got {data_cfg.on_corrupt!r}.")
+    if data_cfg.workers and not flags.FLAGS.is_parsed():
+        # grain 0.2.18 reads its absl flags when it starts workers; outside an absl app
+        # (tests, notebooks) nothing has parsed them, so take their defaults.
+        flags.FLAGS.mark_as_parsed()
 
 
 def train_iterator(data_cfg, global_batch_size, *, seed, process_index=None, process_count=None):
     """Endless iterator of this process's training batches: {'image' (B, S, S, 3) float32,
     'label' (B, num_classes) float32 soft targets}. Supports get_state()/set_state()."""
-    _check_on_corrupt(data_cfg)
+    _check_config(data_cfg)
     process_index, process_count = _processes(process_index, process_count)
     local_batch = _local_batch(global_batch_size, process_count)
     builder = prepared_builder(data_cfg)
@@ -315,7 +322,7 @@ def eval_iterator(data_cfg, global_batch_size, *, split=None, process_index=None
     """This process's evaluation batches: 'image', 'label' int32, '_mask' bool (False for
     padding), and 'bbox' for datasets that store one. Every process yields the same number of
     batches; every example appears exactly once across processes."""
-    _check_on_corrupt(data_cfg)
+    _check_config(data_cfg)
     process_index, process_count = _processes(process_index, process_count)
     local_batch = _local_batch(global_batch_size, process_count)
     builder = prepared_builder(data_cfg)
