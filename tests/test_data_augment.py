@@ -37,25 +37,30 @@ def test_random_resized_crop_fallback_is_centre_crop_with_clamped_ratio():
     assert augment.random_resized_crop_box(NeverFits(), 50, 50) == (0, 0, 50, 50)
 
 
-def test_random_resized_crop_matches_pil_crop_then_resize():
+def test_random_resized_crop_is_crop_then_resize():
     img = _image(60, 80)
     out = augment.random_resized_crop(img, np.random.default_rng(3), 32, "bilinear")
     top, left, h, w = augment.random_resized_crop_box(np.random.default_rng(3), 60, 80)
-    ref = img.resize((32, 32), Image.Resampling.BILINEAR, box=(left, top, left + w, top + h))
+    ref = img.crop((left, top, left + w, top + h)).resize((32, 32), Image.Resampling.BILINEAR)
     np.testing.assert_array_equal(np.asarray(out), np.asarray(ref))
 
 
 def test_resize_center_crop_geometry_and_box_mapping():
     img = Image.fromarray(np.arange(100 * 200, dtype=np.uint32).reshape(100, 200)
                           .astype(np.uint8))
-    out, (scale, top, left) = augment.resize_center_crop(img, 56, 0.875, "nearest")
+    out, (sy, sx, top, left) = augment.resize_center_crop(img, 56, 0.875, "nearest")
     assert out.size == (56, 56)
     # Shorter side 100 -> floor(56 / 0.875) = 64; long side 128; centred crop.
-    assert scale == pytest.approx(0.64) and (top, left) == (4, 36)
+    assert (sy, sx, top, left) == (0.64, 0.64, 4, 36)
+    ref = np.asarray(img.resize((128, 64), Image.Resampling.NEAREST))[4:60, 36:92]
+    np.testing.assert_array_equal(np.asarray(out), ref)
+    # torchvision truncates the long side: 333 x 500 at 224 / 0.875 = 256 -> 256 x 384.
+    out, (sy, sx, top, left) = augment.resize_center_crop(_image(333, 500), 224, 0.875)
+    assert (sy * 333, sx * 500, top, left) == (pytest.approx(256), pytest.approx(384), 16, 80)
     # With crop_pct 1 and the same size it is the identity.
-    same, (s, t, l) = augment.resize_center_crop(_image(64, 64), 64, 1.0)
+    same, geometry = augment.resize_center_crop(_image(64, 64), 64, 1.0)
     np.testing.assert_array_equal(np.asarray(same), np.asarray(_image(64, 64)))
-    assert (s, t, l) == (1.0, 0, 0)
+    assert geometry == (1.0, 1.0, 0, 0)
 
 
 def test_normalize_replicates_grey_and_uses_mean_std():

@@ -275,3 +275,16 @@ def test_grain_workers_batch_the_same_examples_and_resume(mnist_cfg):
     resumed.set_state(state)
     for want in expected:
         np.testing.assert_array_equal(next(resumed)["image"], want)
+
+
+def test_eval_with_grain_workers_matches_inline(mnist_cfg):
+    cfg = mnist_cfg.copy_and_resolve_references()
+    cfg.workers = 2
+    # 80 per process and batch, 400 positions per process: 200 per worker, not whole batches.
+    inline = list(data.eval_iterator(mnist_cfg, 240, process_index=1, process_count=3))
+    parallel = list(data.eval_iterator(cfg, 240, process_index=1, process_count=3))
+    assert len(parallel) == len(inline) == 5
+    for got, want in zip(parallel, inline):
+        assert got.keys() == want.keys()
+        for key in want:
+            np.testing.assert_array_equal(got[key], want[key])

@@ -53,26 +53,30 @@ def random_resized_crop_box(rng, height, width, scale=(0.08, 1.0), ratio=(3 / 4,
 
 def random_resized_crop(img, rng, size, interpolation="bicubic", scale=(0.08, 1.0)):
     top, left, h, w = random_resized_crop_box(rng, img.height, img.width, scale)
-    return img.resize((size, size), resample_filter(interpolation),
-                      box=(left, top, left + w, top + h))
+    # Crop, then resize (not resize with a box): the filter must not reach outside the crop.
+    return img.crop((left, top, left + w, top + h)).resize((size, size),
+                                                          resample_filter(interpolation))
 
 
 def resize_center_crop(img, size, crop_pct, interpolation="bicubic"):
     """Evaluation view: shorter side to floor(size / crop_pct), then the centred size x size.
 
-    Returns the image and (scale, offset_y, offset_x), so that a pixel coordinate p of the
-    input maps to p * scale - offset in the output (used to carry bounding boxes along).
+    The longer side is truncated as torchvision's Resize does. Also returns the map of input
+    pixel coordinates (y, x) to output ones, (y * sy - top, x * sx - left), as
+    (sy, sx, top, left), to carry bounding boxes along.
     """
     short = int(math.floor(size / crop_pct))
-    scale = short / min(img.width, img.height)
-    new_w = short if img.width <= img.height else int(round(img.width * scale))
-    new_h = short if img.height <= img.width else int(round(img.height * scale))
+    if img.width <= img.height:
+        new_w, new_h = short, int(short * img.height / img.width)
+    else:
+        new_w, new_h = int(short * img.width / img.height), short
+    scale_y, scale_x = new_h / img.height, new_w / img.width
     if (new_w, new_h) != img.size:
         img = img.resize((new_w, new_h), resample_filter(interpolation))
     top = int(round((new_h - size) / 2.0))
     left = int(round((new_w - size) / 2.0))
     img = img.crop((left, top, left + size, top + size))
-    return img, (scale, top, left)
+    return img, (scale_y, scale_x, top, left)
 
 
 def color_jitter(img, rng, strength):

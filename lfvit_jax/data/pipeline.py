@@ -273,13 +273,14 @@ class EvalExample(grain.MapTransform):
         if img is None:
             out["_corrupt"] = np.True_
             return out
-        img, (scale, top, left) = augment.resize_center_crop(
+        img, (scale_y, scale_x, top, left) = augment.resize_center_crop(
             img, size, cfg["crop_pct"], cfg["interpolation"])
         out.update(image=augment.normalize(img, cfg["mean"], cfg["std"]), label=label,
                    _mask=np.True_)
         if self.with_bbox:
-            box = np.asarray(record["bbox"], np.float32) * scale
-            out["bbox"] = np.clip(box - np.array([top, left, top, left], np.float32), 0, size)
+            box = np.asarray(record["bbox"], np.float32) * [scale_y, scale_x, scale_y, scale_x]
+            box -= np.array([top, left, top, left], np.float32)
+            out["bbox"] = np.clip(box, 0, size).astype(np.float32)
         return out
 
 
@@ -332,18 +333,21 @@ def eval_iterator(data_cfg, global_batch_size, *, split=None, process_index=None
     loader = grain.DataLoader(
         data_source=PaddedSource(source),
         sampler=EvalSampler(len(source), padded),
+        # Batched here, not by grain: grain workers each batch their own positions, which
+        # would leave a partial batch per worker and break the equal batch counts.
         operations=[EvalExample(data_cfg, _num_classes(data_cfg, builder),
-                                "bbox" in builder.info.features),
-                    grain.Batch(local_batch, drop_remainder=False)],
+                                "bbox" in builder.info.features)],
         worker_count=data_cfg.workers,
         worker_buffer_size=data_cfg.worker_buffer_size,
         shard_options=grain.ShardOptions(process_index, process_count, drop_remainder=True))
-    return _report_corrupt(iter(loader), f"{data_cfg.name}/{split}")
+    return _batches(iter(loader), local_batch, f"{data_cfg.name}/{split}")
 
 
-def _report_corrupt(batches, where):
+def _batches(examples, batch_size, where):
+    """Stacks consecutive examples (whose count is a multiple of batch_size); counts corrupt."""
     skipped = 0
-    for batch in batches:
+    while chunk := [example for _, example in zip(range(batch_size), examples)]:
+        batch = {key: np.stack([e[key] for e in chunk]) for key in chunk[0]}
         skipped += int(batch.pop("_corrupt").sum())
         yield batch
     if skipped:
