@@ -48,7 +48,7 @@ def _cfg(data_dir, name):
 def test_folder_conversion_round_trip(tmp_path, capsys):
     _tree(tmp_path / "tree")
     prepare.main(["folder", str(tmp_path / "tree"), "--name", "tiny_folder", "--data_dir",
-                  str(tmp_path / "tfds"), "--examples_per_shard", "4"])
+                  str(tmp_path / "tfds"), "--examples_per_shard", "4", "--workers", "2"])
     assert "{'train': 0, 'validation': 1}" in capsys.readouterr().out  # broken.JPEG
     cfg = _cfg(tmp_path / "tfds", "tiny_folder")
     assert data.get_dataset_info(cfg) == dict(num_classes=3, image_size=16, train_examples=15,

@@ -45,20 +45,23 @@ def main(argv=None):
                        help="skip unreadable images (reported at the end) or stop")
         p.add_argument("--examples_per_shard", type=int, default=1024)
 
-    folder = sub.add_parser("folder", parents=[common], help="ROOT/<split>/<class>/<image> tree (PyTorch layout); "
-                            "'val' is stored as 'validation'. Resumable.")
+    folder = sub.add_parser(
+        "folder", parents=[common], help="ROOT/<split>/<class>/<image> tree (PyTorch layout); "
+        "'val' is stored as 'validation'. Resumable.")
     folder.add_argument("root")
     folder.add_argument("--name", required=True, help="dataset name to read it by")
     folder.add_argument("--splits", default=None,
                         help="comma-separated split folders (default: all); classes come "
                              "from the first")
     add_convert_flags(folder)
-    imagenet = sub.add_parser("imagenet2012", parents=[common], help="ILSVRC2012_img_{train,val}.tar, labelled as "
-                              "tfds's imagenet2012. Resumable.")
+    imagenet = sub.add_parser(
+        "imagenet2012", parents=[common], help="ILSVRC2012_img_{train,val}.tar, labelled as "
+        "tfds's imagenet2012. Resumable.")
     imagenet.add_argument("--manual_dir", required=True)
     add_convert_flags(imagenet)
-    other = sub.add_parser("tfds", parents=[common], help="any tfds dataset by name, via its own builder (many "
-                           "builders need TensorFlow to generate; reading never does)")
+    other = sub.add_parser(
+        "tfds", parents=[common], help="any tfds dataset by name, via its own builder (many "
+        "builders need TensorFlow to generate; reading never does)")
     other.add_argument("name")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
