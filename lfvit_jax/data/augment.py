@@ -90,12 +90,13 @@ def color_jitter(img, rng, strength):
 
 def normalize(img, mean, std):
     """uint8 PIL image -> float32 HWC with 3 channels; grayscale is replicated to RGB."""
-    x = np.asarray(img, dtype=np.float32) / 255.0
+    x = np.asarray(img)
     if x.ndim == 2:
-        x = x[..., None]
-    if x.shape[-1] == 1:
-        x = np.repeat(x, 3, axis=-1)
-    return (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+        x = np.repeat(x[..., None], 3, axis=-1)
+    scale = 1.0 / (255.0 * np.asarray(std, np.float32))
+    x = x * scale  # float32, as scale is
+    x -= np.asarray(mean, np.float32) / np.asarray(std, np.float32)
+    return x
 
 
 def random_erasing(x, rng, prob, scale=(0.02, 1 / 3), ratio=0.3):

@@ -58,8 +58,8 @@ def _solarize(img, level, rng, ctx):
 
 def _solarize_add(img, level, rng, ctx):
     add = int(level / _MAX_LEVEL * 110)
-    x = np.asarray(img, np.int32)
-    return Image.fromarray(np.where(x < 128, np.minimum(x + add, 255), x).astype(np.uint8))
+    lut = [min(255, i + add) if i < 128 else i for i in range(256)]
+    return img.point(lut * len(img.getbands()))
 
 
 def _enhance(enhancer):
