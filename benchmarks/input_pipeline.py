@@ -54,7 +54,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", default="0,2")
-    parser.add_argument("--batches", type=int, default=8)
+    parser.add_argument("--batches", type=int, default=16)
     parser.add_argument("--batch", type=int, default=32)
     args = parser.parse_args()
     print(f"CPU cores: {os.cpu_count()}")

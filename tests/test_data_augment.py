@@ -63,6 +63,18 @@ def test_resize_center_crop_geometry_and_box_mapping():
     assert geometry == (1.0, 1.0, 0, 0)
 
 
+def test_color_jitter_factors():
+    grey = Image.new("RGB", (4, 4), (100, 100, 100))
+    # On flat grey, contrast and saturation are no-ops, so only brightness U(0.6, 1.4) acts.
+    values = [np.asarray(augment.color_jitter(grey, np.random.default_rng(s), 0.4))
+              for s in range(300)]
+    assert all((v == v[0, 0, 0]).all() for v in values)
+    levels = np.array([v[0, 0, 0] for v in values])
+    assert levels.min() >= 60 and levels.max() <= 140 and levels.std() > 15
+    unchanged = augment.color_jitter(_image(), np.random.default_rng(0), 0.0)
+    np.testing.assert_array_equal(np.asarray(unchanged), np.asarray(_image()))
+
+
 def test_normalize_replicates_grey_and_uses_mean_std():
     grey = Image.fromarray(np.full((4, 5), 51, np.uint8))
     x = augment.normalize(grey, (0.1, 0.2, 0.3), (0.5, 0.5, 0.25))

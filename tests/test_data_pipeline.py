@@ -123,6 +123,22 @@ def test_train_shards_disjoint_and_complete(process_count):
     assert sorted(next_epoch) == list(range(n)) and next_epoch != flat[:n]
 
 
+def test_train_iterators_of_two_processes_split_each_epoch(fake_tfds):
+    cfg = _identity_cfg(mixup=0.0, cutmix=0.0, rand_augment="", color_jitter=0.0, reprob=0.0,
+                        random_resized_crop=False, repeated_aug=1)
+    epochs = []
+    for p in range(2):
+        it = data.train_iterator(cfg, 8, seed=0, process_index=p, process_count=2)
+        batches = [next(it) for _ in range(10)]  # 2 epochs of 5 batches of 4
+        ids = np.concatenate([_ids(b) for b in batches])
+        labels = np.concatenate([b["label"].argmax(1) for b in batches])
+        np.testing.assert_array_equal(labels, ids % 10)
+        epochs.append(ids.reshape(2, 20))
+    for e in range(2):
+        assert sorted(np.concatenate([epochs[0][e], epochs[1][e]])) == list(range(40))
+    assert not np.array_equal(epochs[0][0], epochs[0][1])  # reshuffled each epoch
+
+
 def test_repeated_augmentation_spreads_copies_over_processes():
     sampler = pipeline.TrainSampler(12, 3, seed=0, repeats=3)
     epoch = [sampler.record_key(i) for i in range(12)]

