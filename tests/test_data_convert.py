@@ -145,5 +145,8 @@ def test_imagenet_tars_convert_and_read_as_tfds_imagenet2012(tmp_path):
     labels = {val[i]["file_name"]: val[i]["label"] for i in range(3)}
     assert labels == {f"ILSVRC2012_val_{i:08d}.JPEG".encode(): wnids.index(val_wnids[i - 1])
                       for i in (1, 2, 3)}
+    cmyk_record = next(val[i] for i in range(3)
+                       if val[i]["file_name"] == b"ILSVRC2012_val_00000002.JPEG")
+    assert cmyk_record["image"].shape[-1] == 3  # CMYK re-encoded as RGB; tfds decodes it
     train = tfds.data_source("imagenet2012", split="train", data_dir=str(tmp_path / "tfds"))
     assert sorted(int(train[i]["label"]) for i in range(4)) == [0, 0, 1, 1]
