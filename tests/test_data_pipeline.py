@@ -1,6 +1,7 @@
 """Input pipeline: tfds.testing.mock_data for exact bookkeeping, the embedded dataset for real."""
 import io
 import logging
+import multiprocessing
 from unittest import mock
 
 import jax
@@ -181,9 +182,11 @@ def test_unprepared_dataset_names_the_command(tmp_path):
         data.train_iterator(cfg, 8, seed=0)
 
 
-def test_batch_size_must_divide_over_processes(fake_tfds):
+def test_batch_size_errors(fake_tfds):
     with pytest.raises(ValueError, match="multiple of the process count"):
         data.eval_iterator(_identity_cfg(), 10, process_index=0, process_count=3)
+    with pytest.raises(ValueError, match="must be even; got 3"):
+        data.train_iterator(_identity_cfg(), 6, seed=0, process_index=0, process_count=2)
 
 
 # --- the real embedded dataset ---------------------------------------------------------------
@@ -216,6 +219,16 @@ def test_compose_places_digit_inside_its_box():
             canvas[y0:y1, x0:x1])
         assert (canvas[y0:y1, x0:x1] >= digits[seed][ink[0]:ink[2], ink[1]:ink[3]]).all()
         assert canvas[y0:y1, x0:x1].sum() < canvas.sum()  # there is clutter outside
+
+
+def test_cluttered_mnist_concurrent_first_use(tmp_path):
+    """Two processes sharing a data_dir build it at the same time (as a multi-process run
+    would); both must end up reading it."""
+    cfg = data.cluttered_mnist_config()
+    cfg.data_dir = str(tmp_path)
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        infos = pool.map(data.get_dataset_info, [cfg, cfg])
+    assert infos[0] == infos[1] and infos[0]["eval_examples"] == 1000
 
 
 def test_cluttered_mnist_eval_is_fixed_and_boxed(mnist_cfg):

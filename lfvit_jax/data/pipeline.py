@@ -17,9 +17,9 @@ import math
 import os
 import sys
 
+from absl import flags
 import grain.python as grain
 import jax
-from absl import flags
 import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
@@ -51,7 +51,13 @@ def prepared_builder(data_cfg):
     if name == "cluttered_mnist":
         builder = cluttered_mnist.ClutteredMnist(data_dir=directory, file_format="array_record")
         if not builder.is_prepared():
-            builder.download_and_prepare()
+            try:
+                builder.download_and_prepare()
+            except FileExistsError:
+                # Another process sharing data_dir (multi-process runs) finished the same
+                # deterministic build first; its result is the one to read.
+                if not builder.is_prepared():
+                    raise
         return builder
     try:
         builder = tfds.builder(name, data_dir=directory)
@@ -304,6 +310,11 @@ def train_iterator(data_cfg, global_batch_size, *, seed, process_index=None, pro
     _check_config(data_cfg)
     process_index, process_count = _processes(process_index, process_count)
     local_batch = _local_batch(global_batch_size, process_count)
+    if (data_cfg.mixup > 0 or data_cfg.cutmix > 0) and local_batch % 2:
+        raise ValueError(f"Mixup/cutmix pair each example with its mirror in the batch, so the "
+                         f"per-process batch must be even; got {local_batch}.")
+    if data_cfg.repeated_aug < 1:
+        raise ValueError(f"repeated_aug must be >= 1 (1 = off), got {data_cfg.repeated_aug}.")
     builder = prepared_builder(data_cfg)
     num_classes = _num_classes(data_cfg, builder)
     source = _source(data_cfg, builder, data_cfg.train_split)
