@@ -150,3 +150,14 @@ def test_imagenet_tars_convert_and_read_as_tfds_imagenet2012(tmp_path):
     assert cmyk_record["image"].shape[-1] == 3  # CMYK re-encoded as RGB; tfds decodes it
     train = tfds.data_source("imagenet2012", split="train", data_dir=str(tmp_path / "tfds"))
     assert sorted(int(train[i]["label"]) for i in range(4)) == [0, 0, 1, 1]
+
+
+def test_prepare_commands_for_registered_builders(tmp_path, capsys):
+    # `tfds NAME` runs a registered builder without TensorFlow (ours needs no download).
+    prepare.main(["tfds", "cluttered_mnist", "--data_dir", str(tmp_path / "a")])
+    prepare.main(["cluttered_mnist", "--data_dir", str(tmp_path / "b")])
+    out = capsys.readouterr().out
+    for d in ("a", "b"):
+        assert str(tmp_path / d / "cluttered_mnist" / "1.0.0") in out
+        info = data.get_dataset_info(_cfg(tmp_path / d, "cluttered_mnist"))
+        assert info["train_examples"] == 4000
