@@ -1,0 +1,99 @@
+"""Images/s of DeiT-S against LF-ViT (masked and compacted early exit), side by side in one run.
+
+  python benchmarks/throughput.py                       # batch 32, exit fractions 0/50/70/90%
+  python benchmarks/throughput.py --batch 8 --rounds 5
+
+Random weights, random images. Each exit fraction is hit by setting the threshold to that quantile
+of the measured localization confidences over the benchmark batches. The time per batch is the
+best of `--rounds` rounds (robust to other load on the machine); it includes the host round trip
+the compacted path makes to pick its bucket. Prints a table, then a JSON line.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from lfvit_jax import flops  # noqa: E402
+from lfvit_jax.inference import EarlyExitPredictor  # noqa: E402
+from lfvit_jax.models import DeiT, LFViT  # noqa: E402
+
+DEIT_S = dict(num_classes=1000, width=384, depth=12, num_heads=6, mlp_dim=1536, patch=16,
+              img_size=224)
+
+
+def best_time(fn, batches, rounds):
+    """Best seconds per batch over `rounds` passes through `batches` (after one warm-up pass)."""
+    jax.block_until_ready(fn(batches[0]))
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for x in batches:
+            out = fn(x)
+        jax.block_until_ready(out)
+        best = min(best, (time.perf_counter() - start) / len(batches))
+    return best
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--num_batches", type=int, default=4, help="distinct batches per round")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--fractions", default="0,0.5,0.7,0.9", help="exit fractions to time")
+    p.add_argument("--region_size", type=int, default=5)
+    args = p.parse_args(argv)
+    fractions = [float(f) for f in args.fractions.split(",")]
+
+    deit = DeiT(**DEIT_S)
+    lfvit = LFViT(**DEIT_S, region_size=args.region_size)
+    key = jax.random.key(0)
+    batches = [jax.random.normal(jax.random.fold_in(key, i), (args.batch, 224, 224, 3))
+               for i in range(args.num_batches)]
+    lf_vars = jax.jit(lfvit.init)(key, batches[0][:1])
+    # DeiT-S gets the same trunk weights' shapes: its own single position embedding.
+    deit_vars = jax.jit(deit.init)(key, batches[0][:1])
+
+    deit_fn = jax.jit(lambda x: deit.apply(deit_vars, x)["logits"])
+    t_deit = best_time(deit_fn, batches, args.rounds)
+
+    predictor = EarlyExitPredictor(lfvit, lf_vars, args.batch)
+    conf = np.concatenate([np.asarray(predictor(x, 1.0)["confidence"]) for x in batches])
+    t_masked = best_time(lambda x: predictor.masked(x, 0.5)["logits"], batches, args.rounds)
+
+    gf = flops.summary(lfvit)
+    deit_gf = flops.summary(deit)["gflops"]
+    rows, lf_img_s, realised, flops_speedup = [], {}, {}, {}
+    for f in fractions:
+        # Exit is conf >= eta: the (1 - f) quantile lets a fraction f through.
+        eta = 0.0 if f >= 1 else (1.0 if f <= 0 else float(np.quantile(conf, 1 - f)))
+        frac = float((conf >= eta).mean())
+        t = best_time(lambda x: predictor(x, eta)["logits"], batches, args.rounds)
+        key_ = f"{int(round(f * 100))}%"
+        lf_img_s[key_] = args.batch / t
+        flops_speedup[key_] = deit_gf / (frac * gf["stage1_gflops"] + (1 - frac) * gf["stage12_gflops"])
+        realised[key_] = frac
+        rows.append((key_, frac, args.batch / t, t_deit / t, flops_speedup[key_]))
+
+    print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}, batch {args.batch}")
+    print(f"DeiT-S 224:              {args.batch / t_deit:8.1f} img/s")
+    print(f"LF-ViT masked (both):    {args.batch / t_masked:8.1f} img/s  "
+          f"({t_deit / t_masked:.2f}x DeiT)")
+    print(f"{'exit':>6} {'realised':>8} {'img/s':>8} {'speedup':>8} {'FLOPs-pred':>10} {'of pred':>8}")
+    for name, frac, ips, sp, fsp in rows:
+        print(f"{name:>6} {frac:8.2f} {ips:8.1f} {sp:8.2f}x {fsp:9.2f}x {sp / fsp:8.0%}")
+    print(json.dumps({
+        "device": f"{jax.devices()[0].device_kind} x{jax.device_count()}", "batch": args.batch,
+        "deit_img_s": args.batch / t_deit, "lfvit_masked_img_s": args.batch / t_masked,
+        "lfvit_img_s": lf_img_s, "realised_exit_fraction": realised,
+        "speedup": {k: v / (args.batch / t_deit) for k, v in lf_img_s.items()},
+        "flops_speedup": flops_speedup}))
+
+
+if __name__ == "__main__":
+    main()
