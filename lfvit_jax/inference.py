@@ -91,7 +91,8 @@ def _localize(model, variables, images, threshold):
 def _focus_bucket(model, variables, images, loc, index):
     """Focus stage on images[index], scattered into the localization logits."""
     take = lambda x: jnp.take(x, index, axis=0, mode="clip")
-    sub = {k: take(loc[k]) for k in ("fine_index", "_rest_index", "_tokens", "_features")}
+    sub = {k: take(loc[k]) for k in ("fine_index", "coarse_index", "_rest_index", "_tokens",
+                                     "_features")}
     focus = model.apply(variables, take(images), sub, method=LFViT.focus)
     return loc["loc_logits"].at[index].set(focus.astype(loc["loc_logits"].dtype), mode="drop")
 

@@ -115,22 +115,31 @@ class LFViT(VitTrunk):
         if mode not in FOCUS_MODES:
             raise ValueError(f"focus mode {mode!r} is not one of {FOCUS_MODES}.")
         b, h1 = images.shape[0], self.h1
-        fine = self.patch_embed(images)
-        if self.fusion:
-            reused = self.reuse_block_1(self.reuse_block_0(loc["_features"][:, 1:]))
-            fine = fine + upsample2x(reused, h1)
-        fine = fine + self.pos_embed_list_1[:, 1:]
         cls = jnp.broadcast_to(self.cls_token + self.pos_embed_list_1[:, :1], (b, 1, self.width))
+        pos = self.pos_embed_list_1[0, 1:]
         if mode == "whole":
-            parts = [cls, fine]
+            fine = self.patch_embed(images)
+            if self.fusion:
+                fine = fine + upsample2x(self._reuse(loc["_features"][:, 1:]), h1)
+            parts = [cls, fine + pos]
         else:
-            parts = [cls, take_tokens(fine, loc["fine_index"])]
+            # Only the 4K selected fine tokens are embedded, and only their K parents go through
+            # the reuse block: the same values as embedding everything and gathering after.
+            index = loc["fine_index"]
+            fine = self.patch_embed(images, index)
+            if self.fusion:
+                kept = take_tokens(loc["_features"][:, 1:], loc["coarse_index"])
+                fine = fine + jnp.tile(self._reuse(kept), (1, 4, 1))  # quarters follow `kept`
+            parts = [cls, fine + pos[index]]
             if self.reuse_tokens:
                 parts.append(take_tokens(loc["_tokens"][:, 1:], loc["_rest_index"]))
         tokens = jnp.concatenate(parts, axis=1)
         self.sow("intermediates", "focus_tokens", tokens)  # the stage-2 layer-0 input, for tests
         features, _ = self.encode(tokens, train)
         return self.head(features[:, 0])
+
+    def _reuse(self, features):
+        return self.reuse_block_1(self.reuse_block_0(features))
 
 
 def take_tokens(tokens, index):

@@ -37,30 +37,33 @@ class Patchify(nn.Module):
     """A stride-p, p x p convolution written as reshape + matmul.
 
     Same parameters as `nn.Conv` (kernel in HWIO layout) and the same result, but about 25% faster
-    to train on CPU than XLA's convolution.
+    to train on CPU than XLA's convolution. With `index` (B, k), only those raster patches are
+    embedded: the focus stage needs 4K of the h2^2.
     """
     features: int
     patch: int
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, index=None):
         b, h, w, c = x.shape
         p = self.patch
         kernel = self.param("kernel", nn.initializers.lecun_normal(), (p, p, c, self.features))
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
         x = x.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
         x = x.reshape(b, (h // p) * (w // p), p * p * c)
+        if index is not None:
+            x = jnp.take_along_axis(x, index[:, :, None], axis=1)
         return x @ kernel.reshape(p * p * c, self.features) + bias
 
 
 class PatchEmbed(nn.Module):
-    """Image (B, H, W, 3) -> raster-ordered patch tokens (B, H/p * W/p, C)."""
+    """Image (B, H, W, 3) -> raster-ordered patch tokens (B, H/p * W/p, C), or those at `index`."""
     features: int
     patch: int
 
     @nn.compact
-    def __call__(self, x):
-        return Patchify(self.features, self.patch, name="proj")(x)
+    def __call__(self, x, index=None):
+        return Patchify(self.features, self.patch, name="proj")(x, index)
 
 
 class Attention(nn.Module):

@@ -1,0 +1,135 @@
+"""Batch prediction with early exit: image files, folders of them, or an .npz of images.
+
+Writes `predictions.jsonl` (one line per image: class, confidence, the deciding stage, the region
+as a pixel box of the model's input view, the refined coarse tokens) and `predictions.npz` (final
+and localization logits, exited, region). Unreadable files are reported and skipped.
+"""
+import io
+import json
+import logging
+import os
+
+import numpy as np
+from PIL import Image
+
+from lfvit_jax.data import augment
+from lfvit_jax.inference import EarlyExitPredictor
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+
+
+def list_inputs(paths):
+    """Expands folders (recursively, sorted) into image files; keeps files and .npz as given."""
+    out = []
+    for path in paths:
+        if os.path.isdir(path):
+            found = sorted(os.path.join(root, f) for root, _, files in os.walk(path)
+                           for f in files if f.lower().endswith(IMAGE_EXTENSIONS))
+            if not found:
+                raise ValueError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) under {path}.")
+            out += found
+        elif os.path.exists(path):
+            out.append(path)
+        else:
+            raise ValueError(f"Input {path} does not exist.")
+    return out
+
+
+def read_items(paths, data_cfg, size):
+    """Yields (name, image (S, S, 3) float32 or None, error message or None)."""
+    for path in paths:
+        if path.endswith(".npz"):
+            with np.load(path) as f:
+                if "images" not in f.files:
+                    yield path, None, "no 'images' array in the .npz"
+                    continue
+                images = f["images"]
+            if images.ndim != 4 or images.shape[1:] != (size, size, 3):
+                yield path, None, (f"'images' has shape {images.shape}; expected (N, {size}, "
+                                   f"{size}, 3), normalized float32")
+                continue
+            for i, img in enumerate(images.astype(np.float32)):
+                yield f"{path}[{i}]", img, None
+            continue
+        try:
+            with open(path, "rb") as fh:
+                img = Image.open(io.BytesIO(fh.read()))
+                img.load()
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+            yield path, None, f"unreadable image: {e}"
+            continue
+        img = img if img.mode in ("L", "RGB") else img.convert("RGB")
+        img, _ = augment.resize_center_crop(img, size, data_cfg.crop_pct, data_cfg.interpolation)
+        x = augment.normalize(img, data_cfg.mean, data_cfg.std)
+        yield path, np.broadcast_to(x, (size, size, 3)).astype(np.float32), None
+
+
+def region_box(region, model):
+    """Window index -> (ymin, xmin, ymax, xmax) pixels of the full-resolution input, max exclusive."""
+    nw = model.h1 - model.region_size + 1
+    step = 2 * model.patch
+    i, j = divmod(int(region), nw)
+    return [i * step, j * step, (i + model.region_size) * step, (j + model.region_size) * step]
+
+
+def predict(model, variables, inputs, data_cfg, out_dir, threshold, batch_size=32,
+            sharding=None, progress=True):
+    """Runs the compacted early-exit path over `inputs`; returns a summary dict."""
+    from tqdm import tqdm
+
+    files = list_inputs(inputs)
+    os.makedirs(out_dir, exist_ok=True)
+    predictor = EarlyExitPredictor(model, variables, batch_size, sharding=sharding)
+    size = model.img_size
+    records, skipped, pending = [], [], []
+    arrays = {"logits": [], "loc_logits": [], "exited": [], "region": []}
+
+    def flush():
+        batch = np.zeros((batch_size, size, size, 3), np.float32)
+        for k, (_, img) in enumerate(pending):
+            batch[k] = img
+        out = predictor(batch, threshold)
+        out = {k: np.asarray(out[k]) for k in ("logits", "loc_logits", "exited", "confidence",
+                                                  "region", "coarse_index")}
+        for k, (name, _) in enumerate(pending):
+            probs = _softmax(out["logits"][k])
+            records.append({
+                "file": name, "class": int(probs.argmax()), "confidence": float(probs.max()),
+                "stage": 1 if out["exited"][k] else 2,
+                "loc_class": int(out["loc_logits"][k].argmax()),
+                "loc_confidence": float(out["confidence"][k]),
+                "region_box": region_box(out["region"][k], model),
+                "kept_tokens": out["coarse_index"][k].tolist()})
+            for key in arrays:
+                arrays[key].append(out[key][k])
+        pending.clear()
+
+    with tqdm(unit="img", disable=not progress, desc="predict") as bar:
+        for name, img, error in read_items(files, data_cfg, size):
+            bar.update(1)
+            if error:
+                logging.warning("Skipping %s: %s", name, error)
+                skipped.append({"file": name, "error": error})
+                continue
+            pending.append((name, img))
+            if len(pending) == batch_size:
+                flush()
+        if pending:
+            flush()
+
+    with open(os.path.join(out_dir, "predictions.jsonl"), "w") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+    np.savez(os.path.join(out_dir, "predictions.npz"), files=np.array([r["file"] for r in records]),
+             **{k: np.array(v) for k, v in arrays.items()})
+    summary = {"predicted": len(records), "skipped": len(skipped),
+               "exited_fraction": float(np.mean([r["stage"] == 1 for r in records])) if records else 0.0,
+               "threshold": threshold, "out_dir": out_dir}
+    if skipped:
+        summary["skipped_files"] = skipped
+    return summary
+
+
+def _softmax(x):
+    e = np.exp(x - x.max())
+    return e / e.sum()
