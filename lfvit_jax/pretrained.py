@@ -89,6 +89,9 @@ def infer_config(sd):
     if "cls_token" not in sd or "patch_embed.proj.weight" not in sd:
         raise ValueError("Not a ViT state_dict: no cls_token / patch_embed.proj.weight. "
                          f"First keys: {sorted(sd)[:5]}")
+    if "dist_token" in sd:
+        raise ValueError("Distilled DeiT checkpoints (with dist_token) are not supported: their "
+                         "position embedding has an extra slot. Use a plain DeiT state_dict.")
     width = sd["cls_token"].shape[-1]
     patch = sd["patch_embed.proj.weight"].shape[-1]
     depth = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})

@@ -88,7 +88,9 @@ def test_deit_state_dict_as_deit(tmp_path, state_dict, images):
     (lambda sd: {k: v for k, v in sd.items() if k != "blocks.0.norm1.bias"}, dict(num_heads=3),
      "missing from the checkpoint: \\['blocks_0/norm1/bias'\\]"),
     (lambda sd: dict(sd, dist_token=sd["cls_token"]), dict(num_heads=3),
-     "not used by the model: \\['dist_token'\\]"),
+     "Distilled DeiT checkpoints"),
+    (lambda sd: dict(sd, extra=sd["cls_token"]), dict(num_heads=3),
+     "not used by the model: \\['extra'\\]"),
     (lambda sd: dict(sd, **{"head.bias": np.zeros(7, np.float32)}), dict(num_heads=3),
      "shape mismatch.*head.bias"),
 ])
