@@ -38,14 +38,17 @@ def test_ablations_change_stage2_as_expected():
 
 
 def test_xla_count_agrees_with_the_convention():
-    """XLA also counts softmax, GELU and the additions, so it is a little above, never below."""
+    """XLA also counts softmax, GELU and the additions, so it is a little above what we run: the
+    convention minus the stage-2 work this implementation skips."""
     model = LFViT(num_classes=10, width=192, depth=2, num_heads=3, mlp_dim=768, patch=16,
                   img_size=128, region_size=3)
     ours = flops.summary(model)
     xla1 = flops.xla_gflops(model, method=LFViT.localize)
     xla12 = flops.xla_gflops(model)
     assert ours["stage1_gflops"] <= xla1 <= 1.1 * ours["stage1_gflops"]
-    assert ours["stage12_gflops"] <= xla12 <= 1.1 * ours["stage12_gflops"]
+    run = ours["stage12_gflops"] - flops.skipped_work(model)
+    assert flops.skipped_work(model) > 0.005
+    assert run <= xla12 <= 1.1 * run
 
 
 def test_cli_prints_table_and_json():
@@ -55,4 +58,4 @@ def test_cli_prints_table_and_json():
     assert any("12 blocks x 146 tokens" in line for line in out)
     result = json.loads(out[-1])
     assert result["stage12_gflops"] == pytest.approx(4.521303936)
-    assert result["xla_stage12_gflops"] > result["stage12_gflops"]
+    assert result["xla_stage12_gflops"] > result["stage12_gflops"] - result["skipped_gflops"]
