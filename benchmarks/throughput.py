@@ -1,7 +1,7 @@
 """Images/s of DeiT-S against LF-ViT (masked and compacted early exit), side by side in one run.
 
   python benchmarks/throughput.py                       # batch 32, exit fractions 0/50/70/90%
-  python benchmarks/throughput.py --batch 8 --rounds 5
+  python benchmarks/throughput.py --batch 16 --cpu_devices 2 --buckets 8
 
 Random weights, random images. Each exit fraction is hit by setting the threshold to that quantile
 of the measured localization confidences over the benchmark batches. The time per batch is the
@@ -14,21 +14,13 @@ import os
 import sys
 import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from lfvit_jax import flops  # noqa: E402
-from lfvit_jax.inference import EarlyExitPredictor  # noqa: E402
-from lfvit_jax.models import DeiT, LFViT  # noqa: E402
-
 DEIT_S = dict(num_classes=1000, width=384, depth=12, num_heads=6, mlp_dim=1536, patch=16,
               img_size=224)
 
 
 def best_time(fn, batches, rounds):
     """Best seconds per batch over `rounds` passes through `batches` (after one warm-up pass)."""
+    import jax
     jax.block_until_ready(fn(batches[0]))
     best = float("inf")
     for _ in range(rounds):
@@ -40,20 +32,45 @@ def best_time(fn, batches, rounds):
     return best
 
 
-def main(argv=None):
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--num_batches", type=int, default=4, help="distinct batches per round")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--fractions", default="0,0.5,0.7,0.9", help="exit fractions to time")
     p.add_argument("--region_size", type=int, default=5)
-    args = p.parse_args(argv)
+    p.add_argument("--buckets", type=int, default=0,
+                   help="focus bucket sizes: 0 = B/8, B/4, B/2, B; n = every multiple of B/n")
+    p.add_argument("--cpu_devices", type=int, default=1,
+                   help="split the CPU into this many XLA devices and shard the batch over them "
+                        "(both models); each device runs on its own thread")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.cpu_devices > 1:  # must be set before JAX starts
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                                   f" --xla_force_host_platform_device_count={args.cpu_devices}")
+    import jax
+    import numpy as np
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from lfvit_jax import flops
+    from lfvit_jax.inference import DEFAULT_BUCKETS, EarlyExitPredictor
+    from lfvit_jax.models import DeiT, LFViT
+
     fractions = [float(f) for f in args.fractions.split(",")]
+    sharding = NamedSharding(Mesh(np.array(jax.devices()), ("data",)), PartitionSpec("data"))
+    buckets = DEFAULT_BUCKETS if not args.buckets else [i / args.buckets
+                                                       for i in range(1, args.buckets + 1)]
 
     deit = DeiT(**DEIT_S)
     lfvit = LFViT(**DEIT_S, region_size=args.region_size)
     key = jax.random.key(0)
-    batches = [jax.random.normal(jax.random.fold_in(key, i), (args.batch, 224, 224, 3))
+    batches = [jax.device_put(jax.random.normal(jax.random.fold_in(key, i),
+                                                (args.batch, 224, 224, 3)), sharding)
                for i in range(args.num_batches)]
     lf_vars = jax.jit(lfvit.init)(key, batches[0][:1])
     # DeiT-S gets the same trunk weights' shapes: its own single position embedding.
@@ -62,7 +79,7 @@ def main(argv=None):
     deit_fn = jax.jit(lambda x: deit.apply(deit_vars, x)["logits"])
     t_deit = best_time(deit_fn, batches, args.rounds)
 
-    predictor = EarlyExitPredictor(lfvit, lf_vars, args.batch)
+    predictor = EarlyExitPredictor(lfvit, lf_vars, args.batch, buckets=buckets, sharding=sharding)
     conf = np.concatenate([np.asarray(predictor(x, 1.0)["confidence"]) for x in batches])
     t_masked = best_time(lambda x: predictor.masked(x, 0.5)["logits"], batches, args.rounds)
 
@@ -80,7 +97,8 @@ def main(argv=None):
         realised[key_] = frac
         rows.append((key_, frac, args.batch / t, t_deit / t, flops_speedup[key_]))
 
-    print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}, batch {args.batch}")
+    device = f"{jax.devices()[0].device_kind} x{jax.device_count()}"
+    print(f"device: {device}, batch {args.batch}, focus buckets {predictor.sizes}")
     print(f"DeiT-S 224:              {args.batch / t_deit:8.1f} img/s")
     print(f"LF-ViT masked (both):    {args.batch / t_masked:8.1f} img/s  "
           f"({t_deit / t_masked:.2f}x DeiT)")
@@ -88,7 +106,7 @@ def main(argv=None):
     for name, frac, ips, sp, fsp in rows:
         print(f"{name:>6} {frac:8.2f} {ips:8.1f} {sp:8.2f}x {fsp:9.2f}x {sp / fsp:8.0%}")
     print(json.dumps({
-        "device": f"{jax.devices()[0].device_kind} x{jax.device_count()}", "batch": args.batch,
+        "device": device, "batch": args.batch, "buckets": list(predictor.sizes),
         "deit_img_s": args.batch / t_deit, "lfvit_masked_img_s": args.batch / t_masked,
         "lfvit_img_s": lf_img_s, "realised_exit_fraction": realised,
         "speedup": {k: v / (args.batch / t_deit) for k, v in lf_img_s.items()},
