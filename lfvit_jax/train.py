@@ -111,9 +111,8 @@ def make_train_step(model, tx, lr_fn, config, mesh, state_shardings, focus):
 
             def body(carry, xs):
                 i, mb = xs
-                (loss, terms), grads = grad_fn(state["params"], mb["image"], mb["label"],
-                                               jax.random.fold_in(rng, i))
-                return jax.tree.map(jnp.add, carry, (loss, terms, grads)), None
+                out = grad_fn(state["params"], mb["image"], mb["label"], jax.random.fold_in(rng, i))
+                return jax.tree.map(jnp.add, carry, out), None
             zeros = jax.tree.map(lambda z: jnp.zeros(z.shape, z.dtype), jax.eval_shape(
                 grad_fn, state["params"], batch["image"][:1], batch["label"][:1], rng))
             total, _ = jax.lax.scan(body, zeros, (jnp.arange(accum), micro))
@@ -125,7 +124,7 @@ def make_train_step(model, tx, lr_fn, config, mesh, state_shardings, focus):
             d = config.ema_decay
             new["ema"] = jax.tree.map(lambda e, p: d * e + (1 - d) * p, state["ema"], params)
         out = {"loss": loss, **terms, "lr": lr_fn(state["step"]),
-               "grad_norm": optax.global_norm(grads)}
+               "grad_norm": optax.tree.norm(grads)}
         return new, out
 
     return jax.jit(step_fn, in_shardings=(state_shardings, batch_spec),
@@ -135,7 +134,7 @@ def make_train_step(model, tx, lr_fn, config, mesh, state_shardings, focus):
 class Setup:
     """Everything a run needs besides the data stream: mesh, model, optimizer, shardings."""
 
-    def __init__(self, config, data):
+    def __init__(self, config, data, mesh=None):
         check_config(config)
         self.config = config
         self.info = data.get_dataset_info(config.data)
@@ -145,7 +144,7 @@ class Setup:
             if model_cfg[key] != value:
                 raise ValueError(f"config.model.{key}={model_cfg[key]} but the dataset has "
                                  f"{key}={value}; make them agree.")
-        self.mesh = parallel.make_mesh()
+        self.mesh = mesh or parallel.make_mesh()
         parallel.check_batch(config.batch_size, self.mesh, config.grad_accum)
         parallel.check_batch(config.eval_batch_size, self.mesh)
         self.model = build_model(model_cfg)
