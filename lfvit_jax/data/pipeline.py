@@ -1,0 +1,378 @@
+"""tfds (array_record) -> grain input pipelines for training and evaluation, without TensorFlow.
+
+Training: each process reads its own shard of a per-epoch shuffled, endlessly repeated order,
+decodes and augments per example with an RNG keyed on (seed, global position), batches with
+drop-remainder, then mixes the batch (mixup/cutmix + label smoothing). Everything random derives
+from the seed and the position, so the grain iterator state (the position) is all a checkpoint
+needs to resume the exact stream. With `workers` > 0 each grain worker builds whole batches from
+every workers-th position: same examples and augmentations, grouped differently; grain rejects
+a state saved under another worker count.
+
+Evaluation: the split is padded to a whole number of global batches; process p takes the
+positions p, p + P, p + 2P, ...; padding examples carry `_mask = False`.
+"""
+import io
+import logging
+import math
+import os
+import sys
+
+from absl import flags
+import grain.python as grain
+import jax
+import numpy as np
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from lfvit_jax.data import augment, cluttered_mnist, randaugment
+
+DATA_DIR_ENV = "LFVIT_DATA_DIR"
+_PREPARE = "python -m lfvit_jax.data.prepare"
+
+
+def data_dir(data_cfg):
+    """The config's data_dir, else $LFVIT_DATA_DIR, else ~/tensorflow_datasets."""
+    path = data_cfg.data_dir or os.environ.get(DATA_DIR_ENV) or "~/tensorflow_datasets"
+    return os.path.expanduser(path)
+
+
+def _prepare_hint(name, directory):
+    if name == "imagenet2012":
+        return (f"{_PREPARE} imagenet2012 --manual_dir DIR_WITH_ILSVRC2012_TARS "
+                f"--data_dir {directory}  (or, from an image-folder tree: {_PREPARE} folder "
+                f"ROOT --name imagenet2012 --data_dir {directory})")
+    return (f"{_PREPARE} tfds {name} --data_dir {directory}  (or, from an image-folder tree: "
+            f"{_PREPARE} folder ROOT --name {name} --data_dir {directory})")
+
+
+def prepared_builder(data_cfg):
+    """The tfds builder of a prepared dataset; cluttered MNIST is built here on first use."""
+    name, directory = data_cfg.name, data_dir(data_cfg)
+    if name == "cluttered_mnist":
+        builder = cluttered_mnist.ClutteredMnist(data_dir=directory, file_format="array_record")
+        if not builder.is_prepared():
+            try:
+                builder.download_and_prepare()
+            except FileExistsError:
+                # Another process sharing data_dir (multi-process runs) finished the same
+                # deterministic build first; its result is the one to read.
+                if not builder.is_prepared():
+                    raise
+        return builder
+    try:
+        builder = tfds.builder(name, data_dir=directory)
+    except tfds.core.registered.DatasetNotFoundError:
+        builder = None
+    if builder is None or not builder.is_prepared():
+        raise FileNotFoundError(f"Dataset {name!r} is not prepared under {directory}. "
+                                f"Prepare it with: {_prepare_hint(name, directory)}")
+    return builder
+
+
+def _source(data_cfg, builder, split):
+    # An unknown split is a ValueError from tfds that lists the splits.
+    return builder.as_data_source(
+        split, decoders={data_cfg.image_key: tfds.decode.SkipDecoding()})
+
+
+def _num_classes(data_cfg, builder):
+    feature = builder.info.features[data_cfg.label_key]
+    stored = getattr(feature, "num_classes", None)
+    if data_cfg.num_classes and stored and data_cfg.num_classes != stored:
+        raise ValueError(f"num_classes={data_cfg.num_classes} in the data config, but "
+                         f"{data_cfg.name!r} has {stored} classes; fix num_classes.")
+    if not (data_cfg.num_classes or stored):
+        raise ValueError(f"Set num_classes in the data config: {data_cfg.name!r} does not say.")
+    return data_cfg.num_classes or stored
+
+
+def get_dataset_info(data_cfg):
+    builder = prepared_builder(data_cfg)
+    return dict(num_classes=_num_classes(data_cfg, builder), image_size=data_cfg.image_size,
+                train_examples=len(_source(data_cfg, builder, data_cfg.train_split)),
+                eval_examples=len(_source(data_cfg, builder, data_cfg.eval_split)))
+
+
+def _processes(process_index, process_count):
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} is outside [0, {process_count}).")
+    return process_index, process_count
+
+
+def _local_batch(global_batch_size, process_count):
+    if global_batch_size <= 0 or global_batch_size % process_count:
+        raise ValueError(f"Global batch size {global_batch_size} must be a positive multiple "
+                         f"of the process count {process_count}.")
+    return global_batch_size // process_count
+
+
+def decode(data, file_hint, on_corrupt):
+    """Encoded bytes -> PIL image in 'L' or 'RGB', or None for a skipped corrupt image."""
+    try:
+        img = Image.open(io.BytesIO(data))
+        img.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        if on_corrupt == "error":
+            raise ValueError(f"Corrupt or unreadable image ({file_hint}): {e}. Set "
+                             "on_corrupt='skip' in the data config to skip it.") from e
+        logging.warning("Skipping corrupt image (%s): %s", file_hint, e)
+        return None
+    return img if img.mode in ("L", "RGB") else img.convert("RGB")
+
+
+def _check_label(label, num_classes, where):
+    if not 0 <= label < num_classes:
+        raise ValueError(f"Label {label} of {where} is outside [0, {num_classes}); the dataset "
+                         "and num_classes in the data config disagree.")
+    return np.int32(label)
+
+
+class TrainSampler:
+    """Per-epoch shuffled order, repeated forever, with DeiT's repeated augmentation.
+
+    Global position g is in epoch g // E, E = (N // P) * P. Within an epoch, the order is a
+    permutation of the records with each entry repeated `repeats` times, so position k holds
+    record perm[k // repeats]; process p gets the positions = p (mod P). With repeats = 1 the
+    process shards are disjoint and cover all but N mod P records each epoch; with repeats = 3
+    every epoch shows N / 3 distinct images three times, copies landing on different processes,
+    as DeiT's RASampler does. Each position gets its own RNG for augmentation.
+    """
+
+    def __init__(self, num_records, process_count, seed, repeats=1):
+        if num_records < process_count:
+            raise ValueError(f"{num_records} records cannot feed {process_count} processes.")
+        self.num_records, self.process_count = num_records, process_count
+        self.seed, self.repeats = int(seed), int(repeats)
+        self.epoch_length = num_records // process_count * process_count
+        self._perm_epoch, self._perm = None, None
+
+    def __repr__(self):
+        return (f"TrainSampler(num_records={self.num_records}, process_count="
+                f"{self.process_count}, seed={self.seed}, repeats={self.repeats})")
+
+    def __len__(self):
+        return sys.maxsize
+
+    def record_key(self, index):
+        epoch, position = divmod(index, self.epoch_length)
+        if epoch != self._perm_epoch:
+            rng = np.random.default_rng([self.seed, epoch, 0x5EED])
+            self._perm, self._perm_epoch = rng.permutation(self.num_records), epoch
+        return int(self._perm[position // self.repeats])
+
+    def __getitem__(self, index):
+        return grain.RecordMetadata(index=index, record_key=self.record_key(index),
+                                    rng=np.random.default_rng([self.seed, index]))
+
+
+class EvalSampler:
+    """Positions 0..padded-1 in order; positions past the split read the padding record."""
+
+    def __init__(self, num_records, padded):
+        self.num_records, self.padded = num_records, padded
+
+    def __repr__(self):
+        return f"EvalSampler(num_records={self.num_records}, padded={self.padded})"
+
+    def __len__(self):
+        return self.padded
+
+    def __getitem__(self, index):
+        if not 0 <= index < self.padded:
+            raise IndexError(f"Position {index} is outside [0, {self.padded}).")
+        return grain.RecordMetadata(index=index, record_key=min(index, self.num_records))
+
+
+class PaddedSource:
+    """A data source with one extra record, None, that stands for padding."""
+
+    def __init__(self, source):
+        self.source = source
+
+    def __repr__(self):
+        return f"PaddedSource({self.source!r})"
+
+    def __len__(self):
+        return len(self.source) + 1
+
+    def __getitem__(self, key):
+        return None if key == len(self.source) else self.source[key]
+
+
+class TrainExample(grain.RandomMapTransform):
+    """Decode (or compose a cluttered-MNIST canvas), then DeiT's per-image augmentation."""
+
+    def __init__(self, data_cfg, num_classes, clutter_pool=None):
+        self.cfg = data_cfg.to_dict()
+        self.num_classes = num_classes
+        self.clutter_pool = clutter_pool
+        self.rand_augment = (randaugment.RandAugment(
+            data_cfg.rand_augment, data_cfg.mean, data_cfg.interpolation)
+            if data_cfg.rand_augment else None)
+
+    def random_map(self, record, rng):
+        cfg = self.cfg
+        label = _check_label(int(record[cfg["label_key"]]), self.num_classes, "a train record")
+        img = decode(record[cfg["image_key"]], "a train record", cfg["on_corrupt"])
+        if img is None:
+            return {"_corrupt": True}
+        if self.clutter_pool is not None:
+            canvas, _ = cluttered_mnist.compose(np.asarray(img), self.clutter_pool, rng)
+            img = Image.fromarray(canvas)
+        size = cfg["image_size"]
+        if cfg["random_resized_crop"]:
+            img = augment.random_resized_crop(img, rng, size, cfg["interpolation"],
+                                              tuple(cfg["crop_scale"]))
+        else:
+            img, _ = augment.resize_center_crop(img, size, cfg["crop_pct"], cfg["interpolation"])
+        if cfg["hflip"] > 0 and rng.uniform() < cfg["hflip"]:
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        if self.rand_augment is not None:
+            img = self.rand_augment(img, rng)
+        elif cfg["color_jitter"] > 0:
+            img = augment.color_jitter(img, rng, cfg["color_jitter"])
+        x = augment.normalize(img, cfg["mean"], cfg["std"])
+        x = augment.random_erasing(x, rng, cfg["reprob"])
+        return {"image": x, "label": label}
+
+
+class NotCorrupt(grain.FilterTransform):
+    def filter(self, element):
+        return "_corrupt" not in element
+
+
+class MixBatch(grain.RandomMapTransform):
+    """Per-batch mixup/cutmix and label smoothing; labels become float32 soft targets."""
+
+    def __init__(self, data_cfg, num_classes):
+        self.num_classes = num_classes
+        self.mixup, self.cutmix = data_cfg.mixup, data_cfg.cutmix
+        self.switch_prob, self.smoothing = data_cfg.mixup_switch_prob, data_cfg.label_smoothing
+
+    def random_map(self, batch, rng):
+        images, targets = augment.mixup_cutmix(
+            batch["image"], batch["label"], rng, num_classes=self.num_classes,
+            mixup=self.mixup, cutmix=self.cutmix, switch_prob=self.switch_prob,
+            smoothing=self.smoothing)
+        return {"image": images, "label": targets}
+
+
+class EvalExample(grain.MapTransform):
+    """Resize the shorter side to S / crop_pct, centre-crop S, normalize; carry mask and bbox."""
+
+    def __init__(self, data_cfg, num_classes, with_bbox):
+        self.cfg = data_cfg.to_dict()
+        self.num_classes, self.with_bbox = num_classes, with_bbox
+
+    def map(self, record):
+        cfg, size = self.cfg, self.cfg["image_size"]
+        out = {"image": np.zeros((size, size, 3), np.float32), "label": np.int32(0),
+               "_mask": np.False_, "_corrupt": np.False_}
+        if self.with_bbox:
+            out["bbox"] = np.zeros(4, np.float32)
+        if record is None:  # padding
+            return out
+        label = _check_label(int(record[cfg["label_key"]]), self.num_classes, "an eval record")
+        img = decode(record[cfg["image_key"]], "an eval record", cfg["on_corrupt"])
+        if img is None:
+            out["_corrupt"] = np.True_
+            return out
+        img, (scale_y, scale_x, top, left) = augment.resize_center_crop(
+            img, size, cfg["crop_pct"], cfg["interpolation"])
+        out.update(image=augment.normalize(img, cfg["mean"], cfg["std"]), label=label,
+                   _mask=np.True_)
+        if self.with_bbox:
+            box = np.asarray(record["bbox"], np.float32) * [scale_y, scale_x, scale_y, scale_x]
+            box -= np.array([top, left, top, left], np.float32)
+            out["bbox"] = np.clip(box, 0, size).astype(np.float32)
+        return out
+
+
+def _check_config(data_cfg):
+    if data_cfg.on_corrupt not in ("skip", "error"):
+        raise ValueError(f"on_corrupt must be 'skip' or 'error', got {data_cfg.on_corrupt!r}.")
+    if data_cfg.workers and not flags.FLAGS.is_parsed():
+        # grain 0.2.18 reads its absl flags when it starts workers; outside an absl app
+        # (tests, notebooks) nothing has parsed them, so take their defaults.
+        flags.FLAGS.mark_as_parsed()
+
+
+def _read_options(data_cfg):
+    return grain.ReadOptions(num_threads=data_cfg.read_threads,
+                             prefetch_buffer_size=data_cfg.read_buffer_size)
+
+
+def train_iterator(data_cfg, global_batch_size, *, seed, process_index=None, process_count=None):
+    """Endless iterator of this process's training batches: {'image' (B, S, S, 3) float32,
+    'label' (B, num_classes) float32 soft targets}. Supports get_state()/set_state()."""
+    _check_config(data_cfg)
+    process_index, process_count = _processes(process_index, process_count)
+    local_batch = _local_batch(global_batch_size, process_count)
+    if (data_cfg.mixup > 0 or data_cfg.cutmix > 0) and local_batch % 2:
+        raise ValueError(f"Mixup/cutmix pair each example with its mirror in the batch, so the "
+                         f"per-process batch must be even; got {local_batch}.")
+    if data_cfg.repeated_aug < 1:
+        raise ValueError(f"repeated_aug must be >= 1 (1 = off), got {data_cfg.repeated_aug}.")
+    builder = prepared_builder(data_cfg)
+    num_classes = _num_classes(data_cfg, builder)
+    source = _source(data_cfg, builder, data_cfg.train_split)
+    clutter_pool = None
+    if data_cfg.name == "cluttered_mnist":  # train records are bare digits; canvases come here
+        clutter_pool = np.stack([np.asarray(Image.open(io.BytesIO(r["image"])))
+                                 for r in source.__getitems__(range(len(source)))])
+    loader = grain.DataLoader(
+        data_source=source,
+        sampler=TrainSampler(len(source), process_count, seed, data_cfg.repeated_aug),
+        operations=[TrainExample(data_cfg, num_classes, clutter_pool), NotCorrupt(),
+                    grain.Batch(local_batch, drop_remainder=True),
+                    MixBatch(data_cfg, num_classes)],
+        worker_count=data_cfg.workers,
+        worker_buffer_size=data_cfg.worker_buffer_size,
+        read_options=_read_options(data_cfg),
+        shard_options=grain.ShardOptions(process_index, process_count, drop_remainder=True))
+    return iter(loader)
+
+
+def eval_iterator(data_cfg, global_batch_size, *, split=None, process_index=None,
+                  process_count=None):
+    """This process's evaluation batches: 'image', 'label' int32, '_mask' bool (False for
+    padding), and 'bbox' for datasets that store one. Every process yields the same number of
+    batches; every example appears exactly once across processes."""
+    _check_config(data_cfg)
+    process_index, process_count = _processes(process_index, process_count)
+    local_batch = _local_batch(global_batch_size, process_count)
+    builder = prepared_builder(data_cfg)
+    split = split or data_cfg.eval_split
+    source = _source(data_cfg, builder, split)
+    padded = math.ceil(len(source) / global_batch_size) * global_batch_size
+    loader = grain.DataLoader(
+        data_source=PaddedSource(source),
+        sampler=EvalSampler(len(source), padded),
+        # Batched here, not by grain: grain workers each batch their own positions, which
+        # would leave a partial batch per worker and break the equal batch counts.
+        operations=[EvalExample(data_cfg, _num_classes(data_cfg, builder),
+                                "bbox" in builder.info.features)],
+        worker_count=data_cfg.workers,
+        worker_buffer_size=data_cfg.worker_buffer_size,
+        read_options=_read_options(data_cfg),
+        shard_options=grain.ShardOptions(process_index, process_count, drop_remainder=True))
+    return _batches(iter(loader), local_batch, f"{data_cfg.name}/{split}")
+
+
+def _batches(examples, batch_size, where):
+    """Stacks consecutive examples (whose count is a multiple of batch_size); counts corrupt."""
+    skipped = 0
+    while chunk := [example for _, example in zip(range(batch_size), examples)]:
+        batch = {key: np.stack([e[key] for e in chunk]) for key in chunk[0]}
+        skipped += int(batch.pop("_corrupt").sum())
+        yield batch
+    if skipped:
+        logging.warning("%d corrupt images in %s were skipped (masked out of the evaluation).",
+                        skipped, where)
+
+
+def to_global(batch, sharding):
+    """Process-local numpy batch -> global jax.Arrays sharded along the leading axis."""
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
