@@ -8,7 +8,7 @@
 Several processes (TPU pod, Slurm) join automatically; elsewhere pass --coordinator_address,
 --num_processes and --process_id.
 """
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from lfvit_jax import parallel, train
@@ -27,6 +27,8 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     parallel.maybe_initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                           FLAGS.process_id)
     modes = {"train": train.train_and_evaluate, "eval": train.evaluate_checkpoint}
