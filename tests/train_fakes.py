@@ -3,6 +3,9 @@
 Class c is a bright square at a class-dependent place plus noise; its box is the square.
 Iterators are grain datasets, so their state checkpoints exactly like the real pipeline's.
 """
+import sys
+import time
+
 import grain
 import jax
 import ml_collections
@@ -11,10 +14,13 @@ import numpy as np
 from lfvit_jax import recipes
 
 
-def data_config(image_size=32, num_classes=4, train_examples=64, eval_examples=20):
+def data_config(image_size=32, num_classes=4, train_examples=64, eval_examples=20, delay=0.0,
+                nan_from_batch=-1):
+    """`delay`: seconds each training batch takes; `nan_from_batch`: NaN images from there on."""
     return ml_collections.ConfigDict(dict(image_size=image_size, num_classes=num_classes,
                                           train_examples=train_examples,
-                                          eval_examples=eval_examples))
+                                          eval_examples=eval_examples, delay=delay,
+                                          nan_from_batch=nan_from_batch))
 
 
 def get_dataset_info(cfg):
@@ -42,14 +48,18 @@ def train_iterator(cfg, global_batch_size, *, seed, process_index=None, process_
     pi, pc = _process(process_index, process_count)
     local = global_batch_size // pc
 
-    def make(indices):
+    def make(position, indices):
         mine = indices[pi * local:(pi + 1) * local]
         images, labels, _ = zip(*(_example(cfg, int(i), 0) for i in mine))
         onehot = np.eye(cfg.num_classes, dtype=np.float32)[list(labels)]
-        return {"image": np.stack(images), "label": 0.9 * onehot + 0.1 / cfg.num_classes}
+        images = np.stack(images)
+        if 0 <= cfg.nan_from_batch <= position:
+            images[:] = np.nan
+        time.sleep(cfg.delay)
+        return {"image": images, "label": 0.9 * onehot + 0.1 / cfg.num_classes}
 
     ds = (grain.MapDataset.range(cfg.train_examples).shuffle(seed=seed).repeat()
-          .batch(global_batch_size, drop_remainder=True).map(make))
+          .batch(global_batch_size, drop_remainder=True).map_with_index(make))
     return iter(ds.to_iter_dataset())
 
 
@@ -86,3 +96,14 @@ def tiny_config(name="lfvit", **overrides):
                   checkpoint_every_steps=4)
     config.update(overrides)
     return config
+
+
+if __name__ == "__main__":
+    # python tests/train_fakes.py WORKDIR DELAY NAN_FROM_BATCH: the loop test's training run,
+    # 8 steps of 16 (region selection from step 4, a checkpoint every 2 steps).
+    from lfvit_jax import train
+    workdir, delay, nan_from = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+    config = tiny_config(total_epochs=2.0, selection_start_epoch=1.0, eval_every_epochs=2.0,
+                         checkpoint_every_steps=2)
+    config.data.update(delay=delay, nan_from_batch=nan_from)
+    train.train_and_evaluate(config, workdir, data=sys.modules[__name__])
