@@ -13,19 +13,23 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 PARAM_SHARDINGS = ("replicated", "fsdp")
 
 
-def maybe_initialize_distributed(coordinator_address=None, num_processes=None, process_id=None):
+def maybe_initialize_distributed(auto=False, coordinator_address=None, num_processes=None,
+                                 process_id=None):
     """Calls jax.distributed.initialize() when this is one of several processes.
 
-    Explicit coordinator flags win; otherwise JAX auto-detects TPU pods and Slurm jobs.
+    Explicit coordinator flags win; `auto` (or a Slurm job of several tasks, or a multi-host
+    TPU environment that names its workers) lets JAX detect the cluster itself.
     Returns True when the distributed runtime was started.
     """
     if coordinator_address:
+        if num_processes is None or process_id is None:
+            raise ValueError("--coordinator_address needs --num_processes and --process_id too.")
         jax.distributed.initialize(coordinator_address=coordinator_address,
                                    num_processes=num_processes, process_id=process_id)
         return True
     tpu_hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
     slurm_tasks = int(os.environ.get("SLURM_NTASKS", "1") or 1)
-    if "," in tpu_hosts or slurm_tasks > 1:
+    if auto or "," in tpu_hosts or slurm_tasks > 1:
         jax.distributed.initialize()
         return True
     return False

@@ -84,7 +84,7 @@ def _cast(tree, dtype):
                         tree)
 
 
-def make_train_step(model, tx, lr_fn, config, mesh, state_shardings, focus):
+def make_train_step(model, tx, lr_fn, config, mesh, state_shardings, phase):
     """A jitted, state-donating update on one global batch (split into `grad_accum` parts)."""
     accum, dtype = config.grad_accum, COMPUTE_DTYPES[config.compute_dtype]
     base_key = jax.random.key(config.seed)
@@ -92,7 +92,7 @@ def make_train_step(model, tx, lr_fn, config, mesh, state_shardings, focus):
 
     def loss_fn(params, images, targets, rng):
         out = forward(model, _cast(params, dtype), images.astype(dtype), train=True,
-                      focus=focus, rng=rng)
+                      focus=phase, rng=rng)
         return loss_terms(model, out, targets, config.loss)
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -189,12 +189,17 @@ class Setup:
                                      self.shardings["params"])
         return jax.jit(self._state_from_params, out_shardings=self.shardings)(params)
 
+    def phase(self, step):
+        """LF-ViT's focus stage sees the whole fine image until selection starts; DeiT has one
+        phase, 'full'."""
+        return self.schedule.phase(step) if is_lfvit(self.model) else "full"
+
     def train_step(self, phase):
-        focus = phase if is_lfvit(self.model) else "region"
-        if focus not in self._steps:
-            self._steps[focus] = make_train_step(self.model, self.tx, self.lr_fn, self.config, self.mesh,
-                                                 self.shardings, focus)
-        return self._steps[focus]
+        """The jitted step of a phase ('whole', 'region' or, for DeiT, 'full'), built once."""
+        if phase not in self._steps:
+            self._steps[phase] = make_train_step(self.model, self.tx, self.lr_fn, self.config,
+                                                 self.mesh, self.shardings, phase)
+        return self._steps[phase]
 
     @functools.cached_property
     def eval_step(self):
@@ -293,14 +298,14 @@ def train_and_evaluate(config, workdir, data=None):
     writer = metrics.Writer(workdir)
     progress = metrics.Progress(sched.total, config.batch_size, step)
     preempt = checkpoint.PreemptionFlag()
-    log_prefix = "LF-ViT" if is_lfvit(setup.model) else "DeiT"
-    _print0(f"{log_prefix}: start at step {step}/{sched.total} ({origin}); {sched.steps_per_epoch} "
-            f"steps/epoch, region selection from step {sched.selection_start}, "
-            f"{setup.mesh.devices.size} devices, {jax.process_count()} processes")
+    what = (f"LF-ViT (region selection from step {sched.selection_start})"
+            if is_lfvit(setup.model) else "DeiT")
+    _print0(f"{what}: start at step {step}/{sched.total} ({origin}); {sched.steps_per_epoch} "
+            f"steps/epoch, {setup.mesh.devices.size} devices, {jax.process_count()} processes")
     summary = None
     try:
         while step < sched.total:
-            phase = sched.phase(step)
+            phase = setup.phase(step)
             batch = data.to_global(next(train_iter), parallel.batch_sharding(setup.mesh))
             first = phase not in setup._steps
             state, values = setup.train_step(phase)(state, batch)

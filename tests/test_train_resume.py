@@ -86,3 +86,16 @@ def test_workdir_of_another_model_is_refused(tmp_path):
     other.model.width = 64
     with pytest.raises(ValueError, match="holds a run with a different \\['model'\\]"):
         train.train_and_evaluate(other, str(tmp_path), data=train_fakes)
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, env):
+    proc = launch(tmp_path, env, delay=0.5)
+    deadline = time.time() + 300
+    while not (tmp_path / "checkpoints" / "2").exists():
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[0]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    rc, out = finish(proc)
+    assert rc == 0, out
+    stopped = int(out.split("Preempted: saved step ")[1].split(";")[0])
+    assert 2 < stopped < 8 and (tmp_path / "checkpoints" / str(stopped)).exists(), out
