@@ -38,8 +38,11 @@ class Progress:
         self._t, self._step = time.perf_counter(), start_step
 
     def measure(self, step):
+        """{'img_per_sec', 'eta_min'}, or {} when no step ran since the clock was reset."""
         now = time.perf_counter()
-        steps = max(step - self._step, 1)
+        steps = step - self._step
+        if steps <= 0:
+            return {}
         sec_per_step = (now - self._t) / steps
         self._t, self._step = now, step
         return {"img_per_sec": self.batch / sec_per_step,

@@ -7,7 +7,8 @@ def deit_training(config, *, total_epochs=300, selection_start_epoch=231):
     config.batch_size = 1024  # global; lr scales with batch / 512
     config.eval_batch_size = 1000
     config.total_epochs = float(total_epochs)
-    config.total_steps = None  # set: run this many steps, epoch-based settings scaled to fit
+    # Typed defaults (not None) so that --config.x=... can override them from the command line.
+    config.total_steps = 0  # > 0: run this many steps, epoch-based settings scaled to fit
     config.warmup_epochs = 5.0
     # Whole-image focus before this epoch, NGCA region selection from it (release: 231 of 300).
     config.selection_start_epoch = float(selection_start_epoch)
@@ -27,8 +28,8 @@ def deit_training(config, *, total_epochs=300, selection_start_epoch=231):
     config.checkpoint_every_steps = 1000
     config.keep_checkpoints = 3
     config.eval_thresholds = (0.5, 0.6, 0.7, 0.76, 0.8, 0.9, 1.0)
-    config.resume = None  # another workdir to continue from (full state and data stream)
-    config.init_from = None  # params-only start: converted / official LF-ViT or timm DeiT weights
+    config.resume = ""  # another workdir to continue from (full state and data stream)
+    config.init_from = ""  # params-only start: converted / official LF-ViT or timm DeiT weights
     return config
 
 

@@ -194,6 +194,9 @@ class Setup:
         phase, 'full'."""
         return self.schedule.phase(step) if is_lfvit(self.model) else "full"
 
+    def has_step(self, phase):
+        return phase in self._steps
+
     def train_step(self, phase):
         """The jitted step of a phase ('whole', 'region' or, for DeiT, 'full'), built once."""
         if phase not in self._steps:
@@ -307,7 +310,7 @@ def train_and_evaluate(config, workdir, data=None):
         while step < sched.total:
             phase = setup.phase(step)
             batch = data.to_global(next(train_iter), parallel.batch_sharding(setup.mesh))
-            first = phase not in setup._steps
+            first = not setup.has_step(phase)
             state, values = setup.train_step(phase)(state, batch)
             step += 1
             if first:
@@ -318,9 +321,10 @@ def train_and_evaluate(config, workdir, data=None):
                 values = {k: float(v) for k, v in values.items()}
                 speed = progress.measure(step)
                 writer.write(step, {**{f"train/{k}": v for k, v in values.items()}, **speed})
+                rate = (f" {speed['img_per_sec']:.1f} img/s ETA {speed['eta_min']:.1f} min"
+                        if speed else "")
                 _print0(f"step {step}/{sched.total} [{phase}] loss {values['loss']:.4f} "
-                        f"lr {values['lr']:.2e} {speed['img_per_sec']:.1f} img/s "
-                        f"ETA {speed['eta_min']:.1f} min")
+                        f"lr {values['lr']:.2e}{rate}")
             stop = preempt.should_stop(step)
             if step % config.checkpoint_every_steps == 0 or step == sched.total or stop:
                 _check_finite(step, values, last_good)
