@@ -1,16 +1,19 @@
-"""The plain DeiT-S baseline (one full-resolution pass), for comparison with LF-ViT.
+"""The plain DeiT-S baseline (one full-resolution pass), trained by the same loop as LF-ViT.
 
-Arguments: res=<image size>.
+Arguments: res=<image size>, runlocal.
 
+  python main.py --config configs/deit_s.py:res=224 --workdir workdirs/deit_s224
+  python main.py --config configs/deit_s.py:runlocal --workdir /tmp/deit_runlocal
   python -m lfvit_jax.flops --config configs/deit_s.py
 """
 import ml_collections
 
+from lfvit_jax import data, recipes
 from lfvit_jax.config_args import parse_arg
 
 
 def get_config(arg=None):
-    arg = parse_arg(arg, res=224)
+    arg = parse_arg(arg, res=224, runlocal=False)
     config = ml_collections.ConfigDict()
     config.model = ml_collections.ConfigDict(dict(
         name="deit",
@@ -23,4 +26,9 @@ def get_config(arg=None):
         mlp_dim=1536,
         drop_path=0.1,
     ))
+    config.data = data.imagenet_config()
+    config.data.image_size = arg.res
+    recipes.deit_training(config, total_epochs=300, selection_start_epoch=0)
+    if arg.runlocal:
+        recipes.runlocal(config)
     return config

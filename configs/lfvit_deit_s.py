@@ -1,17 +1,21 @@
-"""LF-ViT with a DeiT-S backbone, the official release's settings.
+"""LF-ViT with a DeiT-S backbone on ImageNet, the official release's settings.
 
-Arguments: res=224|288 (any multiple of 32 works), m=<region side in coarse tokens>.
+Arguments: res=224|288 (any multiple of 32 works), m=<region side in coarse tokens>, runlocal.
 
+  python main.py --config configs/lfvit_deit_s.py:res=224,m=5 --workdir workdirs/lfvit_s224
+  python main.py --config configs/lfvit_deit_s.py:res=288,m=6 --workdir workdirs/lfvit_s288 \
+      --config.init_from=deit_small_patch16_224.pth
+  python main.py --config configs/lfvit_deit_s.py:runlocal --workdir /tmp/lfvit_runlocal
   python -m lfvit_jax.flops --config configs/lfvit_deit_s.py:res=224,m=5
-  python -m lfvit_jax.flops --config configs/lfvit_deit_s.py:res=288,m=6
 """
 import ml_collections
 
+from lfvit_jax import data, recipes
 from lfvit_jax.config_args import parse_arg
 
 
 def get_config(arg=None):
-    arg = parse_arg(arg, res=224, m=5)
+    arg = parse_arg(arg, res=224, m=5, runlocal=False)
     config = ml_collections.ConfigDict()
     config.model = ml_collections.ConfigDict(dict(
         name="lfvit",
@@ -31,4 +35,9 @@ def get_config(arg=None):
         fusion=True,
         reuse_tokens=True,
     ))
+    config.data = data.imagenet_config()
+    config.data.image_size = arg.res
+    recipes.deit_training(config, total_epochs=300, selection_start_epoch=231)
+    if arg.runlocal:
+        recipes.runlocal(config)
     return config

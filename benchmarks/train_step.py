@@ -1,0 +1,83 @@
+"""LF-ViT train-step time over DeiT train-step time, same backbone, same batch, one run.
+
+Times both LF-ViT phases (focus on the whole image, then on the selected region) against a DeiT
+built from the same model config (name='deit'), through the real jitted, donated train step.
+
+  python -m benchmarks.train_step --config configs/demo.py --batch 128
+  python -m benchmarks.train_step --config configs/lfvit_deit_s.py:res=224,m=5 --batch 64
+"""
+import json
+import time
+
+import jax
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from lfvit_jax import parallel, train
+
+config_flags.DEFINE_config_file("config", "configs/demo.py", "An LF-ViT config.")
+flags.DEFINE_integer("batch", 64, "Global batch per step.")
+flags.DEFINE_integer("steps", 5, "Timed steps per model and phase (after one warm-up step).")
+FLAGS = flags.FLAGS
+
+
+class RandomData:
+    """Just enough of the data interface for `train.Setup`: sizes from the model config."""
+
+    def __init__(self, model_cfg, batch):
+        self.info = dict(num_classes=model_cfg.num_classes, image_size=model_cfg.img_size,
+                         train_examples=batch * 1000, eval_examples=batch)
+
+    def get_dataset_info(self, data_cfg):
+        del data_cfg
+        return self.info
+
+    @staticmethod
+    def to_global(batch, sharding):
+        return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+def seconds_per_step(config, phase, batch, steps):
+    data = RandomData(config.model, batch)
+    config.batch_size = config.eval_batch_size = batch
+    setup = train.Setup(config, data)
+    state = setup.scratch_state()
+    rng = np.random.default_rng(0)
+    size, classes = config.model.img_size, config.model.num_classes
+    host = {"image": rng.normal(size=(batch, size, size, 3)).astype(np.float32),
+            "label": np.full((batch, classes), 1 / classes, np.float32)}
+    gbatch = data.to_global(host, parallel.batch_sharding(setup.mesh))
+    step = setup.train_step(phase)
+    state, values = step(state, gbatch)  # compile
+    jax.block_until_ready(values)
+    start = time.perf_counter()
+    for _ in range(steps):
+        state, values = step(state, gbatch)
+    jax.block_until_ready(values)
+    return (time.perf_counter() - start) / steps
+
+
+def main(argv):
+    del argv
+    config = FLAGS.config
+    if config.model.name != "lfvit":
+        raise ValueError("Give an LF-ViT config; its DeiT twin is built from the same model section.")
+    deit_config = config.copy_and_resolve_references()
+    with deit_config.unlocked():
+        deit_config.model.name = "deit"
+    result = {"device": jax.devices()[0].device_kind, "devices": jax.device_count(),
+              "batch": FLAGS.batch}
+    result["deit_s"] = seconds_per_step(deit_config, "full", FLAGS.batch, FLAGS.steps)
+    for phase in ("whole", "region"):
+        t = seconds_per_step(config.copy_and_resolve_references(), phase, FLAGS.batch,
+                             FLAGS.steps)
+        result[f"lfvit_{phase}_s"] = t
+        result[f"ratio_{phase}"] = t / result["deit_s"]
+        print(f"LF-ViT {phase:6} phase: {t * 1e3:9.1f} ms/step = {t / result['deit_s']:.2f} x "
+              f"DeiT ({result['deit_s'] * 1e3:.1f} ms/step)", flush=True)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,151 @@
+"""Evaluation: per-sample outputs over a split, and the summaries built from them.
+
+`predict` returns host numpy arrays for every example (padding included, with `_mask`): both
+stages' softmax, the chosen region, labels and, for cluttered MNIST, the digit boxes. Summaries
+(top-1 per stage, early-exit table, region hit rate) are plain numpy on those arrays, so a
+threshold sweep can reuse them without running the model again.
+
+  python -m lfvit_jax.evaluate workdirs/demo workdirs/demo_baseline   # FLOPs at matched accuracy
+"""
+import json
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
+
+from lfvit_jax import flops, parallel
+from lfvit_jax.objective import forward, is_lfvit
+
+ARRAYS_FILE = "eval_arrays.npz"
+RESULT_FILE = "eval_result.json"
+
+
+def make_eval_step(model, param_shardings, mesh):
+    def step(params, images):
+        out = forward(model, params, images, train=False)
+        if is_lfvit(model):
+            return {"loc_probs": jax.nn.softmax(out["loc_logits"].astype(jnp.float32), -1),
+                    "focus_probs": jax.nn.softmax(out["focus_logits"].astype(jnp.float32), -1),
+                    "region": out["region"]}
+        return {"probs": jax.nn.softmax(out["logits"].astype(jnp.float32), -1)}
+    batch = parallel.batch_sharding(mesh)
+    return jax.jit(step, in_shardings=(param_shardings, batch), out_shardings=batch)
+
+
+def predict(eval_step, params, batches, mesh, to_global):
+    """Runs `eval_step` over an iterable of per-process batches; returns all examples' arrays."""
+    sharding = parallel.batch_sharding(mesh)
+    parts = []
+    for batch in batches:
+        gbatch = to_global(batch, sharding)
+        out = eval_step(params, gbatch["image"])
+        out.update({k: v for k, v in gbatch.items() if k != "image"})
+        parts.append(jax.tree.map(lambda x: multihost_utils.process_allgather(x, tiled=True), out))
+    if not parts:
+        raise ValueError("The evaluation split gave no batches; check config.data and eval_batch_size.")
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def region_boxes(region, h1, m, patch):
+    """Pixel boxes (ymin, xmin, ymax, xmax) of window indices on the h1 x h1 coarse grid."""
+    nw = h1 - m + 1
+    i, j = region // nw, region % nw
+    step = 2 * patch
+    return np.stack([i * step, j * step, (i + m) * step, (j + m) * step], axis=-1)
+
+
+def region_hits(region, bbox, h1, m, patch):
+    """Whether each chosen window contains the centre of the object's box."""
+    box = region_boxes(region, h1, m, patch)
+    cy, cx = (bbox[:, 0] + bbox[:, 2]) / 2, (bbox[:, 1] + bbox[:, 3]) / 2
+    return (box[:, 0] <= cy) & (cy < box[:, 2]) & (box[:, 1] <= cx) & (cx < box[:, 3])
+
+
+def _masked_mean(x, mask):
+    return float(np.sum(x * mask) / max(np.sum(mask), 1))
+
+
+def exit_table(arrays, stage1_gflops, stage2_gflops, thresholds):
+    """Per threshold eta: fraction exiting after stage 1, top-1 of the final prediction, GFLOPs."""
+    mask, labels = arrays["_mask"].astype(bool), arrays["label"]
+    conf = arrays["loc_probs"].max(-1)
+    loc_ok = arrays["loc_probs"].argmax(-1) == labels
+    focus_ok = arrays["focus_probs"].argmax(-1) == labels
+    rows = []
+    for eta in thresholds:
+        exited = conf >= eta
+        frac = _masked_mean(exited, mask)
+        rows.append({"threshold": float(eta), "exit_fraction": frac,
+                     "top1": _masked_mean(np.where(exited, loc_ok, focus_ok), mask),
+                     "gflops": stage1_gflops + (1 - frac) * stage2_gflops})
+    return rows
+
+
+def summarize(model, arrays, thresholds):
+    """Accuracy summary of `predict`'s arrays (fractions in [0, 1])."""
+    mask, labels = arrays["_mask"].astype(bool), arrays["label"]
+    out = {"examples": int(mask.sum())}
+    if not is_lfvit(model):
+        out["top1"] = _masked_mean(arrays["probs"].argmax(-1) == labels, mask)
+        out["gflops"] = flops.summary(model)["gflops"]
+        return out
+    g = flops.summary(model)
+    out["loc_top1"] = _masked_mean(arrays["loc_probs"].argmax(-1) == labels, mask)
+    out["focus_top1"] = _masked_mean(arrays["focus_probs"].argmax(-1) == labels, mask)
+    out["top1"] = out["focus_top1"]
+    out.update(stage1_gflops=g["stage1_gflops"], stage12_gflops=g["stage12_gflops"])
+    out["exit"] = exit_table(arrays, g["stage1_gflops"], g["stage2_gflops"], thresholds)
+    if "bbox" in arrays:
+        hits = region_hits(arrays["region"], arrays["bbox"], model.h1, model.region_size,
+                           model.patch)
+        out["region_hit"] = _masked_mean(hits, mask)
+    return out
+
+
+def format_table(summary):
+    """The human-readable threshold table (or the single accuracy of a baseline)."""
+    if "exit" not in summary:
+        return f"top-1 {100 * summary['top1']:.2f}%  GFLOPs/image {summary['gflops']:.4f}"
+    lines = [f"localization top-1 {100 * summary['loc_top1']:.2f}%   focus top-1 "
+             f"{100 * summary['focus_top1']:.2f}%" + (f"   region hit {100 * summary['region_hit']:.2f}%"
+                                                       if "region_hit" in summary else ""),
+             f"{'eta':>6} {'exit %':>8} {'top-1 %':>8} {'GFLOPs':>9}"]
+    for row in summary["exit"]:
+        lines.append(f"{row['threshold']:6.2f} {100 * row['exit_fraction']:8.2f} "
+                     f"{100 * row['top1']:8.2f} {row['gflops']:9.4f}")
+    return "\n".join(lines)
+
+
+def save_result(workdir, arrays, summary):
+    np.savez_compressed(os.path.join(workdir, ARRAYS_FILE), **arrays)
+    with open(os.path.join(workdir, RESULT_FILE), "w") as f:
+        json.dump(summary, f, indent=1)
+
+
+def match_baseline(lfvit_workdir, baseline_workdir, num=1001):
+    """The cheapest exit threshold at which LF-ViT is at least as accurate as the baseline."""
+    with open(os.path.join(baseline_workdir, RESULT_FILE)) as f:
+        base = json.load(f)
+    with open(os.path.join(lfvit_workdir, RESULT_FILE)) as f:
+        ours = json.load(f)
+    if "exit" not in ours or "exit" in base:
+        raise ValueError("Give an LF-ViT workdir first and a baseline (DeiT) workdir second.")
+    with np.load(os.path.join(lfvit_workdir, ARRAYS_FILE)) as f:
+        arrays = dict(f)
+    s1 = ours["stage1_gflops"]
+    rows = exit_table(arrays, s1, ours["stage12_gflops"] - s1, np.linspace(0, 1, num))
+    good = [r for r in rows if r["top1"] >= base["top1"]]
+    out = {"baseline_top1": base["top1"], "baseline_gflops": base["gflops"], "matched": bool(good)}
+    if good:
+        best = min(good, key=lambda r: r["gflops"])
+        out.update(best, flops_ratio=best["gflops"] / base["gflops"])
+    return out
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        sys.exit("usage: python -m lfvit_jax.evaluate LFVIT_WORKDIR BASELINE_WORKDIR")
+    print(json.dumps(match_baseline(sys.argv[1], sys.argv[2])))

@@ -1,0 +1,88 @@
+"""Devices, mesh and shardings: a 1-D 'data' mesh over every device of every process.
+
+Batches are split over 'data'. Parameters and optimizer state are replicated, or with
+`param_sharding='fsdp'` each array is split over 'data' along its largest divisible dimension
+(ZeRO-3 style: XLA inserts the all-gathers and reduce-scatters under jit).
+"""
+import os
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+PARAM_SHARDINGS = ("replicated", "fsdp")
+
+
+def maybe_initialize_distributed(auto=False, coordinator_address=None, num_processes=None,
+                                 process_id=None):
+    """Calls jax.distributed.initialize() when this is one of several processes.
+
+    Explicit coordinator flags win; `auto` (or a Slurm job of several tasks, or a multi-host
+    TPU environment that names its workers) lets JAX detect the cluster itself.
+    Returns True when the distributed runtime was started.
+    """
+    if coordinator_address:
+        if num_processes is None or process_id is None:
+            raise ValueError("--coordinator_address needs --num_processes and --process_id too.")
+        jax.distributed.initialize(coordinator_address=coordinator_address,
+                                   num_processes=num_processes, process_id=process_id)
+        return True
+    tpu_hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
+    slurm_tasks = int(os.environ.get("SLURM_NTASKS", "1") or 1)
+    if auto or "," in tpu_hosts or slurm_tasks > 1:
+        jax.distributed.initialize()
+        return True
+    return False
+
+
+def make_mesh():
+    return Mesh(np.array(jax.devices()), ("data",))
+
+
+def batch_sharding(mesh):
+    return NamedSharding(mesh, P("data"))
+
+
+def replicated(mesh):
+    return NamedSharding(mesh, P())
+
+
+def check_batch(global_batch, mesh, grad_accum=1):
+    """Clear error when a batch does not split evenly over devices (and accumulation steps)."""
+    n = mesh.devices.size
+    if global_batch % (n * grad_accum):
+        raise ValueError(
+            f"Global batch {global_batch} does not divide over {n} devices x {grad_accum} "
+            f"gradient-accumulation steps; set config.batch_size to a multiple of {n * grad_accum}.")
+
+
+def fsdp_spec(shape, n):
+    """Shard the largest dimension divisible by n; small or indivisible arrays stay replicated."""
+    dims = sorted(range(len(shape)), key=lambda d: -shape[d])
+    for d in dims:
+        if shape[d] % n == 0 and shape[d] >= n:
+            spec = [None] * len(shape)
+            spec[d] = "data"
+            return P(*spec)
+    return P()
+
+
+def state_shardings(abstract_state, mesh, mode):
+    """A NamedSharding per leaf of an abstract (eval_shape) pytree."""
+    if mode not in PARAM_SHARDINGS:
+        raise ValueError(f"config.param_sharding={mode!r} is not one of {PARAM_SHARDINGS}.")
+    n = mesh.devices.size
+
+    def leaf(x):
+        if mode == "replicated" or not hasattr(x, "shape"):
+            return replicated(mesh)
+        return NamedSharding(mesh, fsdp_spec(x.shape, n))
+    return jax.tree.map(leaf, abstract_state)
+
+
+def put_global(tree, shardings):
+    """Host arrays (identical on every process) -> global jax.Arrays with the given shardings."""
+    def put(x, s):
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, s, lambda idx: x[idx])
+    return jax.tree.map(put, tree, shardings)

@@ -1,0 +1,47 @@
+"""Training sections shared by the configs: DeiT's recipe and the `runlocal` shrink."""
+from lfvit_jax import data
+
+
+def deit_training(config, *, total_epochs=300, selection_start_epoch=231):
+    """DeiT's optimizer and schedule (algorithm doc, section 10) plus loop settings."""
+    config.batch_size = 1024  # global; lr scales with batch / 512
+    config.eval_batch_size = 1000
+    config.total_epochs = float(total_epochs)
+    # Typed defaults (not None) so that --config.x=... can override them from the command line.
+    config.total_steps = 0  # > 0: run this many steps, epoch-based settings scaled to fit
+    config.warmup_epochs = 5.0
+    # Whole-image focus before this epoch, NGCA region selection from it (release: 231 of 300).
+    config.selection_start_epoch = float(selection_start_epoch)
+    config.lr = 5e-4
+    config.warmup_lr = 1e-6
+    config.min_lr = 1e-5
+    config.wd = 0.05
+    config.adam_eps = 1e-8
+    config.loss = "ce_kl"  # or 'ce_ce', the paper's ablation
+    config.grad_accum = 1
+    config.compute_dtype = "bfloat16"  # the release trains with mixed precision
+    config.ema_decay = 0.0  # 0 = off; e.g. 0.9998
+    config.param_sharding = "replicated"  # or 'fsdp'
+    config.seed = 0
+    config.log_every_steps = 100
+    config.eval_every_epochs = 5.0
+    config.checkpoint_every_steps = 1000
+    config.keep_checkpoints = 3
+    config.eval_thresholds = (0.5, 0.6, 0.7, 0.76, 0.8, 0.9, 1.0)
+    config.resume = ""  # another workdir to continue from (full state and data stream)
+    config.init_from = ""  # params-only start: converted / official LF-ViT or timm DeiT weights
+    return config
+
+
+def runlocal(config):
+    """Eight steps of a tiny model on the embedded cluttered MNIST (64 px): a smoke test of a
+    config's code path on any machine, whatever dataset the full config trains on."""
+    config.data = data.cluttered_mnist_config()
+    config.model.update(num_classes=10, img_size=64, patch=8, width=32, depth=2, num_heads=2,
+                        mlp_dim=64)
+    if config.model.name == "lfvit":
+        config.model.update(region_size=2, gca_blocks=(0, 1))
+    config.update(batch_size=16, eval_batch_size=100, total_steps=8, log_every_steps=2,
+                  checkpoint_every_steps=4, compute_dtype="float32")
+    config.eval_every_epochs = config.total_epochs  # once, at the end
+    return config

@@ -1,0 +1,35 @@
+"""One process of the multi-process loss test: `python train_multiprocess_worker.py ADDR N ID`.
+
+Runs three train steps of the tiny LF-ViT on this process's share of each global batch and
+prints the losses as JSON (process 0).
+"""
+import json
+import sys
+
+import jax
+
+import train_fakes
+from lfvit_jax import parallel, train
+
+STEPS = 3
+
+
+def losses(config):
+    setup = train.Setup(config, train_fakes)
+    state = setup.scratch_state()
+    it = train_fakes.train_iterator(config.data, config.batch_size, seed=config.seed)
+    out = []
+    for _ in range(STEPS):
+        batch = train_fakes.to_global(next(it), parallel.batch_sharding(setup.mesh))
+        state, values = setup.train_step("whole")(state, batch)
+        out.append(float(values["loss"]))
+    return out
+
+
+if __name__ == "__main__":
+    address, num, pid = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    jax.distributed.initialize(coordinator_address=address, num_processes=num, process_id=pid)
+    result = losses(train_fakes.tiny_config())
+    if jax.process_index() == 0:
+        print("LOSSES", json.dumps({"losses": result, "devices": jax.device_count(),
+                                    "local_devices": jax.local_device_count()}))
