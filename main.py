@@ -4,6 +4,7 @@
   python main.py --config configs/lfvit_deit_s.py:res=288,m=6 --workdir gs://bucket/run \
       --config.batch_size=2048
   python main.py --mode eval --config configs/demo.py --workdir workdirs/demo
+  python main.py --mode predict --config configs/demo.py --workdir workdirs/demo --input imgs/
 
 Several processes: Slurm tasks join automatically; on a TPU pod add --multiprocess; elsewhere
 pass --coordinator_address, --num_processes and --process_id.
@@ -11,12 +12,20 @@ pass --coordinator_address, --num_processes and --process_id.
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from lfvit_jax import parallel, train
+from lfvit_jax import parallel, predict, train
 
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py:arg).",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Checkpoints, metrics and the final evaluation go here.")
-flags.DEFINE_enum("mode", "train", ["train", "eval"], "What to do.")
+flags.DEFINE_enum("mode", "train", ["train", "eval", "predict"],
+                  "train (then evaluate), eval (threshold sweep of the latest checkpoint), or "
+                  "predict (classify --input files with early exit).")
+flags.DEFINE_multi_string("input", None, "predict: image files, folders of images, or .npz files "
+                          "with a normalized 'images' array (N, S, S, 3).")
+flags.DEFINE_float("threshold", 0.76, "predict: exit after localization when its top softmax "
+                   "probability is at least this.")
+flags.DEFINE_integer("predict_batch_size", 32, "predict: images per batch (a multiple of the "
+                     "device count).")
 flags.DEFINE_bool("multiprocess", False, "Call jax.distributed.initialize() and let JAX find the "
                   "other processes (TPU pod slices, GKE, Slurm). Slurm jobs with several tasks "
                   "are detected without it.")
@@ -34,6 +43,12 @@ def main(argv):
         logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     parallel.maybe_initialize_distributed(FLAGS.multiprocess, FLAGS.coordinator_address,
                                           FLAGS.num_processes, FLAGS.process_id)
+    if FLAGS.mode == "predict":
+        if not FLAGS.input:
+            raise app.UsageError("--mode=predict needs --input (files, folders or .npz).")
+        predict.predict_checkpoint(FLAGS.config, FLAGS.workdir, FLAGS.input, FLAGS.threshold,
+                                   FLAGS.predict_batch_size)
+        return
     modes = {"train": train.train_and_evaluate, "eval": train.evaluate_checkpoint}
     modes[FLAGS.mode](FLAGS.config, FLAGS.workdir)
 

@@ -16,11 +16,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
-from lfvit_jax import flops, parallel
+from lfvit_jax import flops, parallel, sweep
 from lfvit_jax.objective import forward, is_lfvit
 
 ARRAYS_FILE = "eval_arrays.npz"
 RESULT_FILE = "eval_result.json"
+CURVE_FILE = "budget_curve.png"
 
 
 def make_eval_step(model, param_shardings, mesh):
@@ -68,24 +69,9 @@ def _masked_mean(x, mask):
     return float(np.sum(x * mask) / max(np.sum(mask), 1))
 
 
-def exit_table(arrays, stage1_gflops, stage2_gflops, thresholds):
-    """Per threshold eta: fraction exiting after stage 1, top-1 of the final prediction, GFLOPs."""
-    mask, labels = arrays["_mask"].astype(bool), arrays["label"]
-    conf = arrays["loc_probs"].max(-1)
-    loc_ok = arrays["loc_probs"].argmax(-1) == labels
-    focus_ok = arrays["focus_probs"].argmax(-1) == labels
-    rows = []
-    for eta in thresholds:
-        exited = conf >= eta
-        frac = _masked_mean(exited, mask)
-        rows.append({"threshold": float(eta), "exit_fraction": frac,
-                     "top1": _masked_mean(np.where(exited, loc_ok, focus_ok), mask),
-                     "gflops": stage1_gflops + (1 - frac) * stage2_gflops})
-    return rows
-
-
 def summarize(model, arrays, thresholds):
-    """Accuracy summary of `predict`'s arrays (fractions in [0, 1])."""
+    """Accuracy summary of `predict`'s arrays (fractions in [0, 1]); for LF-ViT with the
+    threshold sweep of `lfvit_jax.sweep` under "exit"."""
     mask, labels = arrays["_mask"].astype(bool), arrays["label"]
     out = {"examples": int(mask.sum())}
     if not is_lfvit(model):
@@ -96,8 +82,10 @@ def summarize(model, arrays, thresholds):
     out["loc_top1"] = _masked_mean(arrays["loc_probs"].argmax(-1) == labels, mask)
     out["focus_top1"] = _masked_mean(arrays["focus_probs"].argmax(-1) == labels, mask)
     out["top1"] = out["focus_top1"]
-    out.update(stage1_gflops=g["stage1_gflops"], stage12_gflops=g["stage12_gflops"])
-    out["exit"] = exit_table(arrays, g["stage1_gflops"], g["stage2_gflops"], thresholds)
+    out.update(stage1_gflops=g["stage1_gflops"], stage12_gflops=g["stage12_gflops"],
+               deit_gflops=flops.deit_gflops(model))
+    out["exit"] = sweep.threshold_sweep(arrays["loc_probs"], arrays["focus_probs"], labels, mask,
+                                        g, out["deit_gflops"], thresholds)
     if "bbox" in arrays:
         hits = region_hits(arrays["region"], arrays["bbox"], model.h1, model.region_size,
                            model.patch)
@@ -109,20 +97,20 @@ def format_table(summary):
     """The human-readable threshold table (or the single accuracy of a baseline)."""
     if "exit" not in summary:
         return f"top-1 {100 * summary['top1']:.2f}%  GFLOPs/image {summary['gflops']:.4f}"
-    lines = [f"localization top-1 {100 * summary['loc_top1']:.2f}%   focus top-1 "
-             f"{100 * summary['focus_top1']:.2f}%" + (f"   region hit {100 * summary['region_hit']:.2f}%"
-                                                       if "region_hit" in summary else ""),
-             f"{'eta':>6} {'exit %':>8} {'top-1 %':>8} {'GFLOPs':>9}"]
-    for row in summary["exit"]:
-        lines.append(f"{row['threshold']:6.2f} {100 * row['exit_fraction']:8.2f} "
-                     f"{100 * row['top1']:8.2f} {row['gflops']:9.4f}")
-    return "\n".join(lines)
+    head = (f"localization top-1 {100 * summary['loc_top1']:.2f}%   focus top-1 "
+            f"{100 * summary['focus_top1']:.2f}%")
+    if "region_hit" in summary:
+        head += f"   region hit {100 * summary['region_hit']:.2f}%"
+    head += f"   (DeiT of this backbone: {summary['deit_gflops']:.4f} GFLOPs)"
+    return head + "\n" + sweep.format_table(summary["exit"])
 
 
 def save_result(workdir, arrays, summary):
     np.savez_compressed(os.path.join(workdir, ARRAYS_FILE), **arrays)
     with open(os.path.join(workdir, RESULT_FILE), "w") as f:
         json.dump(summary, f, indent=1)
+    if "exit" in summary:
+        sweep.plot_budget_curve(summary["exit"], os.path.join(workdir, CURVE_FILE))
 
 
 def match_baseline(lfvit_workdir, baseline_workdir, num=1001):
@@ -135,12 +123,15 @@ def match_baseline(lfvit_workdir, baseline_workdir, num=1001):
         raise ValueError("Give an LF-ViT workdir first and a baseline (DeiT) workdir second.")
     with np.load(os.path.join(lfvit_workdir, ARRAYS_FILE)) as f:
         arrays = dict(f)
-    s1 = ours["stage1_gflops"]
-    rows = exit_table(arrays, s1, ours["stage12_gflops"] - s1, np.linspace(0, 1, num))
-    good = [r for r in rows if r["top1"] >= base["top1"]]
-    out = {"baseline_top1": base["top1"], "baseline_gflops": base["gflops"], "matched": bool(good)}
-    if good:
-        best = min(good, key=lambda r: r["gflops"])
+    gflops = {k: ours[k] for k in ("stage1_gflops", "stage12_gflops")}
+    rows = sweep.threshold_sweep(arrays["loc_probs"], arrays["focus_probs"], arrays["label"],
+                                 arrays["_mask"], gflops, thresholds=np.linspace(0, 1, num))
+    best = sweep.match_baseline(rows, base["top1"])
+    sweep.plot_budget_curve(rows[::50] + rows[-1:], os.path.join(lfvit_workdir, CURVE_FILE),
+                            baseline=(base["gflops"], base["top1"], "baseline"))
+    out = {"baseline_top1": base["top1"], "baseline_gflops": base["gflops"],
+           "matched": best is not None}
+    if best is not None:
         out.update(best, flops_ratio=best["gflops"] / base["gflops"])
     return out
 

@@ -94,6 +94,14 @@ def xla_gflops(model, method=None, **kwargs):
     return jax.jit(fn).lower(variables, images).cost_analysis()["flops"] / 2 / 1e9
 
 
+def deit_gflops(model):
+    """GFLOPs of the plain DeiT with the same backbone at the full resolution: the baseline."""
+    from lfvit_jax.models import DeiT
+    fields = {k: getattr(model, k) for k in ("num_classes", "width", "depth", "num_heads",
+                                             "mlp_dim", "patch", "img_size")}
+    return summary(DeiT(**fields))["gflops"]
+
+
 def report(model, focus_mode="region"):
     """The readable table and the JSON summary with XLA's cross-check."""
     lines = [f"{'stage':8} {'part':38} {'GFLOPs':>12}"]

@@ -12,6 +12,7 @@ import os
 import numpy as np
 from PIL import Image
 
+from lfvit_jax import evaluate
 from lfvit_jax.data import augment
 from lfvit_jax.inference import EarlyExitPredictor
 
@@ -65,11 +66,9 @@ def read_items(paths, data_cfg, size):
 
 
 def region_box(region, model):
-    """Window index -> (ymin, xmin, ymax, xmax) pixels of the full-resolution input, max exclusive."""
-    nw = model.h1 - model.region_size + 1
-    step = 2 * model.patch
-    i, j = divmod(int(region), nw)
-    return [i * step, j * step, (i + model.region_size) * step, (j + model.region_size) * step]
+    """Window index -> [ymin, xmin, ymax, xmax] pixels of the full-resolution input, max exclusive."""
+    return evaluate.region_boxes(np.asarray(region), model.h1, model.region_size,
+                                 model.patch).tolist()
 
 
 def predict(model, variables, inputs, data_cfg, out_dir, threshold, batch_size=32,
@@ -133,3 +132,19 @@ def predict(model, variables, inputs, data_cfg, out_dir, threshold, batch_size=3
 def _softmax(x):
     e = np.exp(x - x.max())
     return e / e.sum()
+
+
+def predict_checkpoint(config, workdir, inputs, threshold, batch_size, out_dir=None):
+    """`main.py --mode=predict`: the workdir's checkpoint (or config.resume / init_from)."""
+    import jax
+
+    from lfvit_jax import parallel, train
+
+    setup, state, origin = train.restore_for_inference(config, workdir)
+    out_dir = out_dir or os.path.join(workdir, "predictions")
+    print(f"Predicting with {origin}", flush=True)
+    summary = predict(setup.model, {"params": setup.eval_params(state)}, inputs, config.data,
+                      out_dir, threshold, batch_size, sharding=parallel.batch_sharding(setup.mesh),
+                      progress=jax.process_index() == 0)
+    print(json.dumps(summary), flush=True)
+    return summary

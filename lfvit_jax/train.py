@@ -267,8 +267,8 @@ def run_eval(setup, state, data):
 def _eval_scalars(summary):
     out = {f"eval/{k}": v for k, v in summary.items() if isinstance(v, (int, float))}
     for row in summary.get("exit", []):
-        out[f"eval/exit_fraction@{row['threshold']:g}"] = row["exit_fraction"]
-        out[f"eval/top1@{row['threshold']:g}"] = row["top1"]
+        out[f"eval/exit_fraction@{row['eta']:g}"] = row["exit_fraction"]
+        out[f"eval/top1@{row['eta']:g}"] = row["top1"]
     return out
 
 
@@ -356,18 +356,24 @@ def train_and_evaluate(config, workdir, data=None):
         preempt.close()
 
 
-def evaluate_checkpoint(config, workdir, data=None):
-    """Evaluates the workdir's latest checkpoint (or config.resume / init_from); prints the table."""
-    data = data or _default_data()
-    setup = Setup(config, data)
+def restore_for_inference(config, workdir, data=None):
+    """(setup, state, origin) of the workdir's latest checkpoint, else config.resume / init_from."""
+    setup = Setup(config, data or _default_data())
     mngr = checkpoint.manager(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
     try:
         if _resume_source(config, mngr) is None and not config.init_from:
-            raise ValueError(f"Nothing to evaluate: no checkpoint in {workdir}/checkpoints and no "
+            raise ValueError(f"No weights: no checkpoint in {workdir}/checkpoints and no "
                              "config.resume or config.init_from.")
         state, origin = initial_state(setup, mngr, None)
     finally:
         mngr.close()
+    return setup, state, origin
+
+
+def evaluate_checkpoint(config, workdir, data=None):
+    """Evaluates the workdir's latest checkpoint (or config.resume / init_from); prints the table."""
+    data = data or _default_data()
+    setup, state, origin = restore_for_inference(config, workdir, data)
     arrays, summary = run_eval(setup, state, data)
     if jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)

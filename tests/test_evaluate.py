@@ -1,0 +1,53 @@
+"""Evaluation summaries: per-stage top-1, the threshold sweep, region hits, baseline matching."""
+import json
+
+import numpy as np
+import pytest
+
+from lfvit_jax import evaluate, flops, sweep
+from lfvit_jax.models import DeiT, LFViT
+
+TINY = dict(num_classes=4, width=32, depth=2, num_heads=2, mlp_dim=64, patch=8, img_size=64)
+
+
+def fake_arrays(rng, n=50):
+    labels = rng.integers(0, 4, n)
+    loc = rng.dirichlet(np.ones(4), n).astype(np.float32)
+    focus = rng.dirichlet(np.ones(4), n).astype(np.float32)
+    mask = np.arange(n) < n - 3
+    return {"loc_probs": loc, "focus_probs": focus, "label": labels, "_mask": mask,
+            "region": rng.integers(0, 9, n), "bbox": np.tile([[10, 10, 20, 20]], (n, 1))}
+
+
+def test_summary_and_region_hits():
+    rng = np.random.default_rng(0)
+    arrays = fake_arrays(rng)
+    model = LFViT(**TINY, region_size=2)  # h1 = 4: 3 x 3 windows of 16 px coarse tokens
+    summary = evaluate.summarize(model, arrays, (0.0, 0.5, 1.0))
+    keep = arrays["_mask"]
+    assert summary["examples"] == 47
+    assert summary["loc_top1"] == pytest.approx(np.mean(
+        arrays["loc_probs"][keep].argmax(1) == arrays["label"][keep]))
+    assert summary["exit"] == sweep.threshold_sweep(
+        arrays["loc_probs"], arrays["focus_probs"], arrays["label"], keep, flops.summary(model),
+        flops.summary(DeiT(**TINY))["gflops"], (0.0, 0.5, 1.0))
+    # The digit centre (15, 15) lies in windows whose 32 px box starts at 0: indices 0 only.
+    hits = [r == 0 for r in arrays["region"][keep]]
+    assert summary["region_hit"] == pytest.approx(np.mean(hits))
+    assert "region hit" in evaluate.format_table(summary)
+
+
+def test_match_baseline(tmp_path):
+    rng = np.random.default_rng(1)
+    arrays = fake_arrays(rng)
+    model = LFViT(**TINY, region_size=2)
+    ours, base = tmp_path / "ours", tmp_path / "base"
+    ours.mkdir(), base.mkdir()
+    summary = evaluate.summarize(model, arrays, (0.5,))
+    evaluate.save_result(str(ours), arrays, summary)
+    assert (ours / evaluate.CURVE_FILE).exists()
+    target = 0.9 * summary["focus_top1"]
+    (base / evaluate.RESULT_FILE).write_text(json.dumps({"top1": target, "gflops": 1.0}))
+    out = evaluate.match_baseline(str(ours), str(base))
+    assert out["matched"] and out["top1"] >= target
+    assert out["flops_ratio"] == pytest.approx(out["gflops"] / 1.0)
