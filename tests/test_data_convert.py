@@ -107,6 +107,10 @@ def test_folder_conversion_errors(tmp_path):
     with pytest.raises(ValueError, match="another --name"):
         prepare.main(["folder", str(tmp_path / "tree"), "--name", "mnist", "--data_dir",
                       str(tmp_path / "tfds")])
+    os.makedirs(tmp_path / "tree" / "test" / CLASSES[0])
+    with pytest.raises(ValueError, match="test has no images"):
+        prepare.main(["folder", str(tmp_path / "tree"), "--name", "empty_split", "--data_dir",
+                      str(tmp_path / "tfds")])
     shard = convert.Shard(lambda: [("x.JPEG", _jpeg(1), 3)], 1)
     with pytest.raises(ValueError, match=r"Label 3 of 'x.JPEG' is outside \[0, 3\)"):
         convert.write_dataset(tmp_path / "tfds", "bad_label", {"train": [shard]}, CLASSES)

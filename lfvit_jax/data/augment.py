@@ -92,10 +92,10 @@ def normalize(img, mean, std):
     """uint8 PIL image -> float32 HWC with 3 channels; grayscale is replicated to RGB."""
     x = np.asarray(img)
     if x.ndim == 2:
-        x = np.repeat(x[..., None], 3, axis=-1)
-    scale = 1.0 / (255.0 * np.asarray(std, np.float32))
-    x = x * scale  # float32, as scale is
-    x -= np.asarray(mean, np.float32) / np.asarray(std, np.float32)
+        x = x[..., None]  # broadcast against the 3-channel mean and std below
+    mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+    x = x * (1.0 / (255.0 * std))  # float32, as the scale is
+    x -= mean / std
     return x
 
 

@@ -59,13 +59,15 @@ def compose(digit, clutter_pool, rng, canvas_size=CANVAS):
     Returns (canvas uint8 (S, S), bbox float32 (4,)).
     """
     canvas = np.zeros((canvas_size, canvas_size), np.uint8)
-    for _ in range(rng.integers(CLUTTER[0], CLUTTER[1] + 1)):
-        src = clutter_pool[rng.integers(len(clutter_pool))]
-        # Fragments come from the digit's central area, where the ink is.
-        fy, fx = rng.integers(4, DIGIT - FRAGMENT - 4 + 1, size=2)
-        y, x = rng.integers(0, canvas_size - FRAGMENT + 1, size=2)
+    count = rng.integers(CLUTTER[0], CLUTTER[1] + 1)
+    # All draws at once: per-call overhead dominates on arrays this small.
+    sources = rng.integers(len(clutter_pool), size=count)
+    # Fragments come from the digit's central area, where the ink is.
+    origins = rng.integers(4, DIGIT - FRAGMENT - 4 + 1, size=(count, 2))
+    places = rng.integers(0, canvas_size - FRAGMENT + 1, size=(count, 2))
+    for i, (fy, fx), (y, x) in zip(sources, origins, places):
         window = canvas[y:y + FRAGMENT, x:x + FRAGMENT]
-        np.maximum(window, src[fy:fy + FRAGMENT, fx:fx + FRAGMENT], out=window)
+        np.maximum(window, clutter_pool[i][fy:fy + FRAGMENT, fx:fx + FRAGMENT], out=window)
     y, x = rng.integers(0, canvas_size - DIGIT + 1, size=2)
     window = canvas[y:y + DIGIT, x:x + DIGIT]
     np.maximum(window, digit, out=window)

@@ -192,6 +192,9 @@ def folder_splits(root, splits=None, examples_per_shard=1024):
             label = class_names.index(class_name)
             entries += [(os.path.join(class_dir, f), label) for f in sorted(os.listdir(class_dir))
                         if f.lower().endswith(IMAGE_SUFFIXES)]
+        if not entries:
+            raise ValueError(f"{split_dir} has no images ({', '.join(IMAGE_SUFFIXES)}) in "
+                             "class folders; remove it or name the splits with --splits.")
         chunks = [entries[i:i + examples_per_shard]
                   for i in range(0, len(entries), examples_per_shard)]
         out["validation" if split == "val" else split] = [
