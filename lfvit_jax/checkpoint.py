@@ -12,9 +12,10 @@ import jax
 import orbax.checkpoint as ocp
 
 
-def manager(directory, keep, best=False):
+def manager(directory, keep, best=False, read_only=False):
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, create=True, enable_async_checkpointing=True,
+        max_to_keep=keep, create=not read_only, read_only=read_only,
+        enable_async_checkpointing=True,
         best_fn=(lambda metrics: metrics["top1"]) if best else None, best_mode="max",
         keep_checkpoints_without_metrics=not best)
     return ocp.CheckpointManager(os.path.abspath(directory), options=options)

@@ -233,7 +233,8 @@ def _resume_source(config, mngr):
     if mngr.latest_step() is not None:
         return mngr, mngr.latest_step()
     if config.resume:
-        other = checkpoint.manager(os.path.join(config.resume, "checkpoints"), keep=None)
+        other = checkpoint.manager(os.path.join(config.resume, "checkpoints"), keep=None,
+                                   read_only=True)
         if other.latest_step() is None:
             raise ValueError(f"config.resume={config.resume} holds no checkpoint under "
                              f"{config.resume}/checkpoints.")
@@ -241,7 +242,7 @@ def _resume_source(config, mngr):
     return None
 
 
-def initial_state(setup, mngr, data_iter):
+def initial_state(setup, mngr, data_iter, allow_scratch=True):
     """The resume order: workdir checkpoint > config.resume > config.init_from > scratch."""
     config = setup.config
     source = _resume_source(config, mngr)
@@ -249,10 +250,17 @@ def initial_state(setup, mngr, data_iter):
         src, step = source
         target = checkpoint.abstract_with_shardings(setup.abstract_state, setup.shardings)
         log.info("Resuming from %s step %d", src.directory, step)
-        return checkpoint.restore(src, step, target, data_iter), f"{src.directory}/{step}"
+        try:
+            return checkpoint.restore(src, step, target, data_iter), f"{src.directory}/{step}"
+        finally:
+            if src is not mngr:
+                src.close()
     if config.init_from:
         log.info("Initialising parameters from %s (step 0)", config.init_from)
         return setup.state_from_pretrained(config.init_from), f"init_from {config.init_from}"
+    if not allow_scratch:
+        raise ValueError(f"No weights to use: no checkpoint in {mngr.directory} and no "
+                         "config.resume or config.init_from.")
     return setup.scratch_state(), "scratch"
 
 
@@ -361,10 +369,7 @@ def restore_for_inference(config, workdir, data=None):
     setup = Setup(config, data or _default_data())
     mngr = checkpoint.manager(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
     try:
-        if _resume_source(config, mngr) is None and not config.init_from:
-            raise ValueError(f"No weights: no checkpoint in {workdir}/checkpoints and no "
-                             "config.resume or config.init_from.")
-        state, origin = initial_state(setup, mngr, None)
+        state, origin = initial_state(setup, mngr, None, allow_scratch=False)
     finally:
         mngr.close()
     return setup, state, origin

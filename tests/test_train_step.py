@@ -18,7 +18,7 @@ def run_steps(config, mesh, state, steps=2, phase="whole"):
         batch = train_fakes.to_global(next(it), parallel.batch_sharding(setup.mesh))
         state, values = setup.train_step(phase)(state, batch)
         losses.append(float(values["loss"]))
-    return jax.device_get(state["params"]), losses
+    return jax.device_get(state), losses
 
 
 def initial(config):
@@ -34,26 +34,31 @@ def test_sharded_step_equals_single_device_step():
     config = train_fakes.tiny_config()
     state = initial(config)
     one = Mesh(np.array(jax.devices()[:1]), ("data",))
-    p1, l1 = run_steps(config, one, state)
-    p8, l8 = run_steps(config, parallel.make_mesh(), state)
+    s1, l1 = run_steps(config, one, state)
+    s8, l8 = run_steps(config, parallel.make_mesh(), state)
     assert len(jax.devices()) == 8
     np.testing.assert_allclose(l1, l8, rtol=1e-6)
-    assert_trees_close(p1, p8, rtol=1e-5)
+    assert_trees_close(s1["params"], s8["params"], rtol=1e-5)
 
 
-def test_fsdp_and_gradient_accumulation_match_plain_data_parallel():
+def test_fsdp_accumulation_and_ema_match_plain_data_parallel():
     """Without drop path every micro-batch computes the same function, so accumulation is exact
-    up to summation order; FSDP changes only where the arrays live."""
+    up to summation order; FSDP changes only where the arrays live; EMA only adds a copy."""
     plain = train_fakes.tiny_config()
     plain.model.drop_path = 0.0
-    other = train_fakes.tiny_config(param_sharding="fsdp", grad_accum=2)
+    other = train_fakes.tiny_config(param_sharding="fsdp", grad_accum=2, ema_decay=0.5)
     other.model.drop_path = 0.0
     state = initial(plain)
     mesh = parallel.make_mesh()
-    p_plain, l_plain = run_steps(plain, mesh, state)
-    p_other, l_other = run_steps(other, mesh, state)
+    s_plain, l_plain = run_steps(plain, mesh, state)
+    s_one, _ = run_steps(plain, mesh, state, steps=1)
+    s_other, l_other = run_steps(other, mesh, dict(state, ema=state["params"]))
     np.testing.assert_allclose(l_plain, l_other, rtol=1e-5)
-    assert_trees_close(p_plain, p_other, rtol=1e-4)
+    assert_trees_close(s_plain["params"], s_other["params"], rtol=1e-4)
+    # ema_2 = 0.25 p_0 + 0.25 p_1 + 0.5 p_2
+    want = jax.tree.map(lambda p0, p1, p2: 0.25 * p0 + 0.25 * p1 + 0.5 * p2, state["params"],
+                        s_one["params"], s_plain["params"])
+    assert_trees_close(s_other["ema"], want, rtol=1e-4)
     fsdp = train.Setup(other, train_fakes, mesh=mesh).shardings["params"]
     assert fsdp["blocks_0"]["mlp"]["fc1"]["kernel"].spec == jax.sharding.PartitionSpec(None, "data")
 
