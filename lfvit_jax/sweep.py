@@ -67,6 +67,7 @@ def plot_budget_curve(rows, path, baseline=None, title="LF-ViT accuracy vs. budg
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     rows = sorted(rows, key=lambda r: r["gflops"])
     fig, ax = plt.subplots(figsize=(5, 3.6), dpi=120)
@@ -76,6 +77,7 @@ def plot_budget_curve(rows, path, baseline=None, title="LF-ViT accuracy vs. budg
                     textcoords="offset points", xytext=(3, -9))
     if baseline is not None:
         ax.plot([baseline[0]], [100 * baseline[1]], "s", color="C3", label=baseline[2])
+    ax.xaxis.set_major_locator(MaxNLocator(5))
     ax.set_xlabel("GFLOPs per image")
     ax.set_ylabel("top-1 (%)")
     ax.set_title(title)
