@@ -15,17 +15,7 @@ from lfvit_jax.config_args import parse_arg
 def get_config(arg=None):
     arg = parse_arg(arg, res=224, runlocal=False)
     config = ml_collections.ConfigDict()
-    config.model = ml_collections.ConfigDict(dict(
-        name="deit",
-        num_classes=1000,
-        img_size=arg.res,
-        patch=16,
-        width=384,
-        depth=12,
-        num_heads=6,
-        mlp_dim=1536,
-        drop_path=0.1,
-    ))
+    config.model = recipes.deit_s_model("deit", arg.res)
     config.data = data.imagenet_config()
     config.data.image_size = arg.res
     recipes.deit_training(config, total_epochs=300, selection_start_epoch=0)

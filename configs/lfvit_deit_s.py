@@ -17,24 +17,9 @@ from lfvit_jax.config_args import parse_arg
 def get_config(arg=None):
     arg = parse_arg(arg, res=224, m=5, runlocal=False)
     config = ml_collections.ConfigDict()
-    config.model = ml_collections.ConfigDict(dict(
-        name="lfvit",
-        num_classes=1000,
-        img_size=arg.res,
-        patch=16,
-        width=384,
-        depth=12,
-        num_heads=6,
-        mlp_dim=1536,
-        drop_path=0.1,
-        region_size=arg.m,
-        alpha=0.88,
-        beta=0.99,
-        gca_blocks=tuple(range(3, 12)),
-        region_method="ngca",
-        fusion=True,
-        reuse_tokens=True,
-    ))
+    config.model = recipes.deit_s_model(
+        "lfvit", arg.res, region_size=arg.m, alpha=0.88, beta=0.99,
+        gca_blocks=tuple(range(3, 12)), region_method="ngca", fusion=True, reuse_tokens=True)
     config.data = data.imagenet_config()
     config.data.image_size = arg.res
     recipes.deit_training(config, total_epochs=300, selection_start_epoch=231)

@@ -4,16 +4,15 @@ Writes `predictions.jsonl` (one line per image: class, confidence, the deciding 
 as a pixel box of the model's input view, the refined coarse tokens) and `predictions.npz` (final
 and localization logits, exited, region). Unreadable files are reported and skipped.
 """
-import io
 import json
 import logging
 import os
 
 import numpy as np
-from PIL import Image
 
 from lfvit_jax import evaluate
 from lfvit_jax.data import augment
+from lfvit_jax.data.pipeline import decode
 from lfvit_jax.inference import EarlyExitPredictor
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
@@ -52,14 +51,13 @@ def read_items(paths, data_cfg, size):
             for i, img in enumerate(images.astype(np.float32)):
                 yield f"{path}[{i}]", img, None
             continue
+        with open(path, "rb") as fh:
+            data = fh.read()
         try:
-            with open(path, "rb") as fh:
-                img = Image.open(io.BytesIO(fh.read()))
-                img.load()
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-            yield path, None, f"unreadable image: {e}"
+            img = decode(data, path, on_corrupt="error")
+        except ValueError as e:
+            yield path, None, f"unreadable image: {e.__cause__}"
             continue
-        img = img if img.mode in ("L", "RGB") else img.convert("RGB")
         img, _ = augment.resize_center_crop(img, size, data_cfg.crop_pct, data_cfg.interpolation)
         x = augment.normalize(img, data_cfg.mean, data_cfg.std)
         yield path, np.broadcast_to(x, (size, size, 3)).astype(np.float32), None

@@ -1,5 +1,14 @@
-"""Training sections shared by the configs: DeiT's recipe and the `runlocal` shrink."""
+"""Sections shared by the configs: the DeiT-S model, DeiT's recipe and the `runlocal` shrink."""
+import ml_collections
+
 from lfvit_jax import data
+
+
+def deit_s_model(name, img_size, **extra):
+    """The DeiT-S backbone (width 384, depth 12, 6 heads, patch 16) as a `config.model`."""
+    return ml_collections.ConfigDict(dict(
+        name=name, num_classes=1000, img_size=img_size, patch=16, width=384, depth=12,
+        num_heads=6, mlp_dim=1536, drop_path=0.1, **extra))
 
 
 def deit_training(config, *, total_epochs=300, selection_start_epoch=231):

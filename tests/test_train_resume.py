@@ -46,16 +46,21 @@ def saved_state(workdir, step):
                                                            "state"))
 
 
+def wait_for_checkpoint(proc, workdir, step, timeout=300):
+    """Blocks until the running `proc` has written checkpoint `step` (fails if it exits first)."""
+    deadline = time.time() + timeout
+    while not (workdir / "checkpoints" / str(step)).exists():
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[0]
+        time.sleep(0.05)
+
+
 def test_sigkill_then_resume_is_bit_identical(tmp_path, env):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     rc, out = finish(launch(straight, env))
     assert rc == 0, out
     # Slow batches after the start leave time to kill the run between checkpoints 4 and 8.
     proc = launch(killed, env, delay=0.5)
-    deadline = time.time() + 300
-    while not (killed / "checkpoints" / "4").exists():
-        assert proc.poll() is None and time.time() < deadline, proc.communicate()[0]
-        time.sleep(0.05)
+    wait_for_checkpoint(proc, killed, 4)
     proc.send_signal(signal.SIGKILL)
     rc, out = finish(proc)
     assert rc == -signal.SIGKILL
@@ -90,10 +95,7 @@ def test_workdir_of_another_model_is_refused(tmp_path):
 
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, env):
     proc = launch(tmp_path, env, delay=0.5)
-    deadline = time.time() + 300
-    while not (tmp_path / "checkpoints" / "2").exists():
-        assert proc.poll() is None and time.time() < deadline, proc.communicate()[0]
-        time.sleep(0.05)
+    wait_for_checkpoint(proc, tmp_path, 2)
     proc.send_signal(signal.SIGTERM)
     rc, out = finish(proc)
     assert rc == 0, out
