@@ -31,11 +31,13 @@ def quantile_thresholds(conf):
             "one hard": float((c[0] + c[1]) / 2)}
 
 
-@pytest.mark.parametrize("sharded", [False, True])
-def test_masked_and_compacted_agree(setup, sharded):
+# micro_batch slices: 4 rows -> 4 slices on one device; 1 row per device -> 2 slices on 8 devices.
+@pytest.mark.parametrize("sharded,micro_batch", [(False, 0), (True, 0), (False, 4), (True, 1)])
+def test_masked_and_compacted_agree(setup, sharded, micro_batch):
     model, variables, images = setup
     sharding = NamedSharding(Mesh(np.array(jax.devices()), ("data",)), P("data")) if sharded else None
-    pred = inference.EarlyExitPredictor(model, variables, BATCH, sharding=sharding)
+    pred = inference.EarlyExitPredictor(model, variables, BATCH, sharding=sharding,
+                                        micro_batch=micro_batch)
     ref = model.apply(variables, images)
     conf = np.asarray(jax.nn.softmax(ref["loc_logits"]).max(-1))
     assert conf.max() - conf.min() > 0.1
@@ -72,14 +74,15 @@ def test_compiles_at_most_once_per_bucket(setup, monkeypatch):
     chex.clear_trace_counter()
 
 
-@pytest.mark.parametrize("batch,fractions,multiple,want", [
-    (32, inference.DEFAULT_BUCKETS, 1, (4, 8, 16, 32)),
-    (16, inference.DEFAULT_BUCKETS, 8, (8, 16)),
-    (10, inference.DEFAULT_BUCKETS, 1, (2, 3, 5, 10)),
-    (8, (0.5,), 1, (4, 8)),
+@pytest.mark.parametrize("batch,fractions,multiple,micro,want", [
+    (32, inference.DEFAULT_BUCKETS, 1, 0, (4, 8, 16, 32)),
+    (16, inference.DEFAULT_BUCKETS, 8, 0, (8, 16)),
+    (10, inference.DEFAULT_BUCKETS, 1, 0, (2, 3, 5, 10)),
+    (8, (0.5,), 1, 0, (4, 8)),
+    (48, (1 / 8, 1 / 4, 1 / 3, 1), 1, 8, (6, 16, 48)),  # 12 rounds up to whole slices of 8
 ])
-def test_bucket_sizes(batch, fractions, multiple, want):
-    sizes = inference.bucket_sizes(batch, fractions, multiple)
+def test_bucket_sizes(batch, fractions, multiple, micro, want):
+    sizes = inference.bucket_sizes(batch, fractions, multiple, micro)
     assert sizes == want
     for n in range(1, batch + 1):  # every count fits a bucket: no sample is ever dropped
         assert inference.choose_bucket(n, sizes) >= n
@@ -92,3 +95,5 @@ def test_wrong_batch_size(setup):
         pred(images[:8], 0.5)
     with pytest.raises(ValueError, match="outside \\[0, 1\\]"):
         pred(images, 2.0)
+    with pytest.raises(ValueError, match="multiple of micro_batch=5"):
+        inference.EarlyExitPredictor(model, variables, BATCH, micro_batch=5)
