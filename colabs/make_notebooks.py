@@ -26,8 +26,9 @@ else:
     try:
         import lfvit_jax  # noqa: F401  (already installed)
     except ImportError:
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                        f"lfvit_jax[notebooks] @ git+{{REPO}}"], check=True)'''
+        # scikit-image ships the quickstart's sample photographs (Colab has it already).
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"git+{{REPO}}",
+                        "scikit-image"], check=True)'''
 
 DEMO_NOTE = ("Without a converted checkpoint these notebooks use the small demo model "
              "(`configs/demo.py`, cluttered MNIST at 64 px). The first notebook to need it trains "
@@ -220,6 +221,8 @@ def training_walkthrough():
 def main():
     for name, cells in (("quickstart", quickstart()), ("tradeoff_explorer", tradeoff_explorer()),
                         ("training_walkthrough", training_walkthrough())):
+        for i, cell in enumerate(cells):
+            cell.id = f"{name}-{i}"  # stable ids: regenerating changes only what was edited
         nb = new_notebook(cells=cells, metadata={
             "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
             "language_info": {"name": "python"}})
