@@ -180,7 +180,7 @@ def training_walkthrough():
         new_code_cell(SETUP),
         new_code_cell(
             "%matplotlib inline\n"
-            "import shutil, tempfile\n"
+            "import shutil\n"
             "from IPython.display import display\n\n"
             "from lfvit_jax import demo, plotting, train\n\n"
             "config = demo.config()\n"
@@ -192,7 +192,11 @@ def training_walkthrough():
             "The focus stage sees the whole fine image until `selection_start_epoch`, NGCA "
             "regions afterwards. The run ends with the threshold table and a JSON line."),
         new_code_cell(
-            "workdir = tempfile.mkdtemp(prefix=\"lfvit_walkthrough_\")\n"
+            "# A fresh workdir next to the shared demo one (a rerun of this notebook starts over).\n"
+            "workdir = demo.workdir() + \"_walkthrough\"\n"
+            "stopped = workdir + \"_stopped\"\n"
+            "for path in (workdir, stopped):\n"
+            "    shutil.rmtree(path, ignore_errors=True)\n"
             "summary = train.train_and_evaluate(config, workdir)\n"
             "print(sorted(os.listdir(workdir)))"),
         new_markdown_cell("## Curves (from the workdir's `metrics.jsonl`)"),
@@ -206,7 +210,7 @@ def training_walkthrough():
         new_code_cell(
             "steps = sorted(int(s) for s in os.listdir(os.path.join(workdir, \"checkpoints\"))\n"
             "               if s.isdigit())\n"
-            "stopped = tempfile.mkdtemp(prefix=\"lfvit_stopped_\")\n"
+            "os.makedirs(stopped)\n"
             "shutil.copy(os.path.join(workdir, \"config.json\"), stopped)\n"
             "shutil.copytree(os.path.join(workdir, \"checkpoints\", str(steps[-2])),\n"
             "                os.path.join(stopped, \"checkpoints\", str(steps[-2])))\n"
