@@ -4,7 +4,8 @@
   python main.py --config configs/lfvit_deit_s.py:res=288,m=6 --workdir gs://bucket/run \
       --config.batch_size=2048
   python main.py --mode eval --config configs/demo.py --workdir workdirs/demo
-  python main.py --mode predict --config configs/demo.py --workdir workdirs/demo --input imgs/
+  python main.py --mode predict --config configs/demo.py --workdir workdirs/demo --input imgs/ \
+      --save_overlays workdirs/demo/overlays
 
 Several processes: Slurm tasks join automatically; on a TPU pod add --multiprocess; elsewhere
 pass --coordinator_address, --num_processes and --process_id.
@@ -26,6 +27,8 @@ flags.DEFINE_float("threshold", 0.76, "predict: exit after localization when its
                    "probability is at least this.")
 flags.DEFINE_integer("predict_batch_size", 32, "predict: images per batch (a multiple of the "
                      "device count).")
+flags.DEFINE_string("save_overlays", None, "predict: also write one PNG per image to this "
+                    "folder: the region and the refined tokens over the input, and the prediction.")
 flags.DEFINE_bool("multiprocess", False, "Call jax.distributed.initialize() and let JAX find the "
                   "other processes (TPU pod slices, GKE, Slurm). Slurm jobs with several tasks "
                   "are detected without it.")
@@ -47,7 +50,7 @@ def main(argv):
         if not FLAGS.input:
             raise app.UsageError("--mode=predict needs --input (files, folders or .npz).")
         predict.predict_checkpoint(FLAGS.config, FLAGS.workdir, FLAGS.input, FLAGS.threshold,
-                                   FLAGS.predict_batch_size)
+                                   FLAGS.predict_batch_size, overlays_dir=FLAGS.save_overlays)
         return
     modes = {"train": train.train_and_evaluate, "eval": train.evaluate_checkpoint}
     modes[FLAGS.mode](FLAGS.config, FLAGS.workdir)

@@ -25,3 +25,25 @@ def parse_arg(arg, **defaults):
         else:
             out[key] = type(default)(value)
     return out
+
+
+def load_config(spec):
+    """`demo.py:runlocal` (or a path to any config file, with an optional `:arg`) -> its config.
+
+    A bare file name is looked up in the configs shipped with an installed package
+    (`lfvit_jax/configs/`), then in the `configs/` folder of a source checkout, so notebooks
+    and scripts need no path to the repository.
+    """
+    import importlib.util
+    import pathlib
+
+    path, _, arg = spec.partition(":")
+    here = pathlib.Path(__file__).resolve().parent
+    candidates = [pathlib.Path(path), here / "configs" / path, here.parent / "configs" / path]
+    found = next((c for c in candidates if c.is_file()), None)
+    if found is None:
+        raise ValueError(f"Config {path!r} not found; looked at {[str(c) for c in candidates]}.")
+    module_spec = importlib.util.spec_from_file_location(f"lfvit_config_{found.stem}", found)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg or None)

@@ -16,12 +16,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
-from lfvit_jax import flops, parallel, sweep
+from lfvit_jax import flops, parallel, plotting, sweep
 from lfvit_jax.objective import forward, is_lfvit
 
 ARRAYS_FILE = "eval_arrays.npz"
 RESULT_FILE = "eval_result.json"
 CURVE_FILE = "budget_curve.png"
+STAGES_FILE = "stage_counts.png"
+OVERLAYS_FILE = "overlays.png"
 
 
 def make_eval_step(model, param_shardings, mesh):
@@ -30,7 +32,7 @@ def make_eval_step(model, param_shardings, mesh):
         if is_lfvit(model):
             return {"loc_probs": jax.nn.softmax(out["loc_logits"].astype(jnp.float32), -1),
                     "focus_probs": jax.nn.softmax(out["focus_logits"].astype(jnp.float32), -1),
-                    "region": out["region"]}
+                    "region": out["region"], "coarse_index": out["coarse_index"]}
         return {"probs": jax.nn.softmax(out["logits"].astype(jnp.float32), -1)}
     batch = parallel.batch_sharding(mesh)
     return jax.jit(step, in_shardings=(param_shardings, batch), out_shardings=batch)
@@ -65,6 +67,24 @@ def region_hits(region, bbox, h1, m, patch):
     return (box[:, 0] <= cy) & (cy < box[:, 2]) & (box[:, 1] <= cx) & (cx < box[:, 3])
 
 
+def _inside(outer, inner):
+    """Whether boxes `inner` (..., 4) lie wholly inside `outer`; both max-exclusive."""
+    return ((outer[..., 0] <= inner[..., 0]) & (outer[..., 1] <= inner[..., 1])
+            & (inner[..., 2] <= outer[..., 2]) & (inner[..., 3] <= outer[..., 3]))
+
+
+def region_contains(region, bbox, h1, m, patch):
+    """Whether each chosen window contains the object's whole box (a stricter hit)."""
+    return _inside(region_boxes(np.asarray(region), h1, m, patch), np.asarray(bbox))
+
+
+def any_window_contains(bbox, h1, m, patch):
+    """Whether some m x m window contains the whole box: the best any region choice can do
+    (an object wider than the window, or straddling the window grid, fits in none)."""
+    windows = region_boxes(np.arange((h1 - m + 1) ** 2), h1, m, patch)
+    return _inside(windows[None], np.asarray(bbox)[:, None]).any(axis=1)
+
+
 def _masked_mean(x, mask):
     return float(np.sum(x * mask) / max(np.sum(mask), 1))
 
@@ -90,6 +110,9 @@ def summarize(model, arrays, thresholds):
         hits = region_hits(arrays["region"], arrays["bbox"], model.h1, model.region_size,
                            model.patch)
         out["region_hit"] = _masked_mean(hits, mask)
+        contains = region_contains(arrays["region"], arrays["bbox"], model.h1,
+                                   model.region_size, model.patch)
+        out["region_contains"] = _masked_mean(contains, mask)
     return out
 
 
@@ -100,17 +123,38 @@ def format_table(summary):
     head = (f"localization top-1 {100 * summary['loc_top1']:.2f}%   focus top-1 "
             f"{100 * summary['focus_top1']:.2f}%")
     if "region_hit" in summary:
-        head += f"   region hit {100 * summary['region_hit']:.2f}%"
+        head += (f"   region hit {100 * summary['region_hit']:.2f}% (contains the box "
+                 f"{100 * summary['region_contains']:.2f}%)")
     head += f"   (DeiT of this backbone: {summary['deit_gflops']:.4f} GFLOPs)"
     return head + "\n" + sweep.format_table(summary["exit"])
 
 
 def save_result(workdir, arrays, summary):
+    """The arrays, the summary (JSON) and, for LF-ViT, the budget curve and stage counts (PNG)."""
     np.savez_compressed(os.path.join(workdir, ARRAYS_FILE), **arrays)
     with open(os.path.join(workdir, RESULT_FILE), "w") as f:
         json.dump(summary, f, indent=1)
     if "exit" in summary:
-        sweep.plot_budget_curve(summary["exit"], os.path.join(workdir, CURVE_FILE))
+        plotting.save_budget_curve(summary["exit"], os.path.join(workdir, CURVE_FILE))
+        plotting.save_stage_counts(summary["exit"], os.path.join(workdir, STAGES_FILE))
+
+
+def overlays_figure(model, arrays, images, data_cfg, threshold=0.76, ncols=4):
+    """Region and refined tokens over the first len(images) evaluation images (their rows of
+    `arrays`), titled with the label, both stages' predictions and the localization confidence;
+    ground-truth boxes are drawn when the dataset has them."""
+    n = len(images)
+    loc, focus = arrays["loc_probs"][:n], arrays["focus_probs"][:n]
+    titles = []
+    for i in range(n):
+        stage = "exit" if loc[i].max() >= threshold else "focus"
+        titles.append(f"y={arrays['label'][i]} loc={loc[i].argmax()} ({loc[i].max():.2f}) "
+                      f"foc={focus[i].argmax()}\n{stage} at eta={threshold:g}")
+    return plotting.overlays_figure(
+        [plotting.to_display(x, data_cfg.mean, data_cfg.std) for x in images],
+        region_boxes(arrays["region"][:n], model.h1, model.region_size, model.patch),
+        plotting.fine_patches(arrays["coarse_index"][:n], model.h1), model.patch, titles,
+        arrays["bbox"][:n] if "bbox" in arrays else None, ncols)
 
 
 def match_baseline(lfvit_workdir, baseline_workdir, num=1001):
@@ -127,8 +171,8 @@ def match_baseline(lfvit_workdir, baseline_workdir, num=1001):
     rows = sweep.threshold_sweep(arrays["loc_probs"], arrays["focus_probs"], arrays["label"],
                                  arrays["_mask"], gflops, thresholds=np.linspace(0, 1, num))
     best = sweep.match_baseline(rows, base["top1"])
-    sweep.plot_budget_curve(rows[::50] + rows[-1:], os.path.join(lfvit_workdir, CURVE_FILE),
-                            baseline=(base["gflops"], base["top1"], "baseline"))
+    plotting.save_budget_curve(rows[::50] + rows[-1:], os.path.join(lfvit_workdir, CURVE_FILE),
+                               baseline=(base["gflops"], base["top1"], "baseline"))
     out = {"baseline_top1": base["top1"], "baseline_gflops": base["gflops"],
            "matched": best is not None}
     if best is not None:

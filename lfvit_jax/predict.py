@@ -2,7 +2,8 @@
 
 Writes `predictions.jsonl` (one line per image: class, confidence, the deciding stage, the region
 as a pixel box of the model's input view, the refined coarse tokens) and `predictions.npz` (final
-and localization logits, exited, region). Unreadable files are reported and skipped.
+and localization logits, exited, region). Unreadable files are reported and skipped. With
+`overlays_dir`, one PNG per image shows the region and the refined tokens over the input view.
 """
 import json
 import logging
@@ -10,7 +11,7 @@ import os
 
 import numpy as np
 
-from lfvit_jax import evaluate
+from lfvit_jax import evaluate, plotting
 from lfvit_jax.data import augment
 from lfvit_jax.data.pipeline import decode
 from lfvit_jax.inference import EarlyExitPredictor
@@ -58,9 +59,14 @@ def read_items(paths, data_cfg, size):
         except ValueError as e:
             yield path, None, f"unreadable image: {e.__cause__}"
             continue
-        img, _ = augment.resize_center_crop(img, size, data_cfg.crop_pct, data_cfg.interpolation)
-        x = augment.normalize(img, data_cfg.mean, data_cfg.std)
-        yield path, np.broadcast_to(x, (size, size, 3)).astype(np.float32), None
+        yield path, preprocess(img, data_cfg, size), None
+
+
+def preprocess(img, data_cfg, size):
+    """PIL image -> the evaluation view: (size, size, 3) float32, normalized as in training."""
+    img, _ = augment.resize_center_crop(img, size, data_cfg.crop_pct, data_cfg.interpolation)
+    x = augment.normalize(img, data_cfg.mean, data_cfg.std)
+    return np.broadcast_to(x, (size, size, 3)).astype(np.float32)
 
 
 def region_box(region, model):
@@ -69,13 +75,35 @@ def region_box(region, model):
                                  model.patch).tolist()
 
 
+def overlay_name(index, name):
+    """A file name per prediction: its position (names may repeat across folders), then the stem
+    (`images.npz[3]` -> `images_3`)."""
+    name, _, item = name.rstrip("]").rpartition("[") if name.endswith("]") else (name, "", "")
+    stem = os.path.splitext(os.path.basename(name))[0] + (f"_{item}" if item else "")
+    stem = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in stem)
+    return f"{index:05d}_{stem}.png"
+
+
+def save_overlay(path, image, record, model, data_cfg):
+    fig = plotting.new_figure(3, 3.3)
+    kept = plotting.fine_patches(np.asarray(record["kept_tokens"]), model.h1)
+    title = (f"class {record['class']} ({record['confidence']:.2f}), stage {record['stage']}\n"
+             f"localization {record['loc_class']} ({record['loc_confidence']:.2f})")
+    plotting.draw_region_and_tokens(fig.add_subplot(), plotting.to_display(
+        image, data_cfg.mean, data_cfg.std), record["region_box"], kept, model.patch, title)
+    fig.savefig(path)
+
+
 def predict(model, variables, inputs, data_cfg, out_dir, threshold, batch_size=32,
-            sharding=None, progress=True):
-    """Runs the compacted early-exit path over `inputs`; returns a summary dict."""
+            sharding=None, progress=True, overlays_dir=None):
+    """Runs the compacted early-exit path over `inputs`; returns a summary dict. With
+    `overlays_dir`, writes one PNG per image (region, refined tokens, prediction)."""
     from tqdm import tqdm
 
     files = list_inputs(inputs)
     os.makedirs(out_dir, exist_ok=True)
+    if overlays_dir:
+        os.makedirs(overlays_dir, exist_ok=True)
     predictor = EarlyExitPredictor(model, variables, batch_size, sharding=sharding)
     size = model.img_size
     records, skipped, pending = [], [], []
@@ -88,7 +116,7 @@ def predict(model, variables, inputs, data_cfg, out_dir, threshold, batch_size=3
         out = predictor(batch, threshold)
         out = {k: np.asarray(out[k]) for k in ("logits", "loc_logits", "exited", "confidence",
                                                   "region", "coarse_index")}
-        for k, (name, _) in enumerate(pending):
+        for k, (name, img) in enumerate(pending):
             probs = _softmax(out["logits"][k])
             records.append({
                 "file": name, "class": int(probs.argmax()), "confidence": float(probs.max()),
@@ -99,6 +127,9 @@ def predict(model, variables, inputs, data_cfg, out_dir, threshold, batch_size=3
                 "kept_tokens": out["coarse_index"][k].tolist()})
             for key in arrays:
                 arrays[key].append(out[key][k])
+            if overlays_dir:
+                save_overlay(os.path.join(overlays_dir, overlay_name(len(records) - 1, name)),
+                             img, records[-1], model, data_cfg)
         pending.clear()
 
     with tqdm(unit="img", disable=not progress, desc="predict") as bar:
@@ -122,6 +153,8 @@ def predict(model, variables, inputs, data_cfg, out_dir, threshold, batch_size=3
     summary = {"predicted": len(records), "skipped": len(skipped),
                "exited_fraction": float(np.mean([r["stage"] == 1 for r in records])) if records else 0.0,
                "threshold": threshold, "out_dir": out_dir}
+    if overlays_dir:
+        summary["overlays_dir"] = overlays_dir
     if skipped:
         summary["skipped_files"] = skipped
     return summary
@@ -132,7 +165,8 @@ def _softmax(x):
     return e / e.sum()
 
 
-def predict_checkpoint(config, workdir, inputs, threshold, batch_size, out_dir=None):
+def predict_checkpoint(config, workdir, inputs, threshold, batch_size, out_dir=None,
+                       overlays_dir=None):
     """`main.py --mode=predict`: the workdir's checkpoint (or config.resume / init_from)."""
     import jax
 
@@ -143,6 +177,7 @@ def predict_checkpoint(config, workdir, inputs, threshold, batch_size, out_dir=N
     print(f"Predicting with {origin}", flush=True)
     summary = predict(setup.model, {"params": setup.eval_params(state)}, inputs, config.data,
                       out_dir, threshold, batch_size, sharding=parallel.batch_sharding(setup.mesh),
-                      progress=jax.process_index() == 0)
+                      progress=jax.process_index() == 0,
+                      overlays_dir=overlays_dir if jax.process_index() == 0 else None)
     print(json.dumps(summary), flush=True)
     return summary

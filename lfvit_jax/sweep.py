@@ -1,4 +1,5 @@
-"""The accuracy/FLOPs trade-off from one evaluation pass, as the paper reports it (Table 2, Fig. 4, 7).
+"""The accuracy/FLOPs trade-off from one evaluation pass, as the paper reports it (Table 2, Fig. 4, 7;
+the figures are drawn by `lfvit_jax.plotting`).
 
 Both stages run once on every image; the exit threshold eta is then swept offline:
 expected FLOPs = exited * FLOPs(stage 1) + (1 - exited) * FLOPs(stage 1 + 2).
@@ -61,28 +62,3 @@ def match_baseline(rows, baseline_top1):
     ok = [r for r in rows if r["top1"] >= baseline_top1]
     return min(ok, key=lambda r: r["gflops"]) if ok else None
 
-
-def plot_budget_curve(rows, path, baseline=None, title="LF-ViT accuracy vs. budget"):
-    """Top-1 against average GFLOPs per image (PNG); `baseline` = (gflops, top1, label)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    rows = sorted(rows, key=lambda r: r["gflops"])
-    fig, ax = plt.subplots(figsize=(5, 3.6), dpi=120)
-    ax.plot([r["gflops"] for r in rows], [100 * r["top1"] for r in rows], "o-", label="LF-ViT")
-    for r in rows[:: max(1, len(rows) // 6)]:
-        ax.annotate(f"{r['eta']:.2f}", (r["gflops"], 100 * r["top1"]), fontsize=7,
-                    textcoords="offset points", xytext=(3, -9))
-    if baseline is not None:
-        ax.plot([baseline[0]], [100 * baseline[1]], "s", color="C3", label=baseline[2])
-    ax.xaxis.set_major_locator(MaxNLocator(5))
-    ax.set_xlabel("GFLOPs per image")
-    ax.set_ylabel("top-1 (%)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)

@@ -6,6 +6,7 @@ schedule of the algorithm doc (section 10) and returns the final evaluation summ
 (default `lfvit_jax.data`) so tests can feed a synthetic dataset through the same interface.
 """
 import functools
+import itertools
 import json
 import logging
 import math
@@ -264,12 +265,28 @@ def initial_state(setup, mngr, data_iter, allow_scratch=True):
     return setup.scratch_state(), "scratch"
 
 
-def run_eval(setup, state, data):
+def run_eval(setup, state, data, preview=16):
+    """(arrays, summary, images): the evaluation split's arrays and summary, and this process's
+    first `preview` images (kept for the overlays figure)."""
     config = setup.config
     batches = data.eval_iterator(config.data, config.eval_batch_size)
+    first = next(batches, None)
+    images = first["image"][:preview] if first is not None else None
+    batches = itertools.chain([first], batches) if first is not None else batches
     arrays = evaluate.predict(setup.eval_step, setup.eval_params(state), batches, setup.mesh,
                               data.to_global)
-    return arrays, evaluate.summarize(setup.model, arrays, config.eval_thresholds)
+    return arrays, evaluate.summarize(setup.model, arrays, config.eval_thresholds), images
+
+
+def save_eval_outputs(setup, workdir, arrays, summary, images):
+    """Process 0: eval_arrays.npz, eval_result.json and the figures (budget curve, stage counts,
+    and for a single process, where its first images are the arrays' first rows, overlays)."""
+    if jax.process_index() != 0:
+        return
+    evaluate.save_result(workdir, arrays, summary)
+    if is_lfvit(setup.model) and jax.process_count() == 1:
+        fig = evaluate.overlays_figure(setup.model, arrays, images, setup.config.data)
+        fig.savefig(os.path.join(workdir, evaluate.OVERLAYS_FILE))
 
 
 def _eval_scalars(summary):
@@ -342,16 +359,15 @@ def train_and_evaluate(config, workdir, data=None):
                 _print0(f"Preempted: saved step {step}; rerun the same command to resume.")
                 return None
             if step % sched.eval_every == 0 or step == sched.total:
-                arrays, summary = run_eval(setup, state, data)
+                arrays, summary, images = run_eval(setup, state, data)
                 writer.write(step, _eval_scalars(summary))
                 checkpoint.save(best, step, {"params": setup.eval_params(state)},
                                 metrics={"top1": summary["top1"]})
                 _print0(f"eval at step {step}: " + evaluate.format_table(summary).splitlines()[0])
                 progress.reset(step)
         if summary is None:  # resumed at the end: evaluate what was restored
-            arrays, summary = run_eval(setup, state, data)
-        if jax.process_index() == 0:
-            evaluate.save_result(workdir, arrays, summary)
+            arrays, summary, images = run_eval(setup, state, data)
+        save_eval_outputs(setup, workdir, arrays, summary, images)
         _print0(evaluate.format_table(summary))
         _print0(json.dumps({"step": step, **summary}))
         return summary
@@ -379,10 +395,9 @@ def evaluate_checkpoint(config, workdir, data=None):
     """Evaluates the workdir's latest checkpoint (or config.resume / init_from); prints the table."""
     data = data or _default_data()
     setup, state, origin = restore_for_inference(config, workdir, data)
-    arrays, summary = run_eval(setup, state, data)
-    if jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
-        evaluate.save_result(workdir, arrays, summary)
+    arrays, summary, images = run_eval(setup, state, data)
+    os.makedirs(workdir, exist_ok=True)
+    save_eval_outputs(setup, workdir, arrays, summary, images)
     _print0(f"Evaluated {origin}")
     _print0(evaluate.format_table(summary))
     _print0(json.dumps({"step": int(state["step"]), **summary}))

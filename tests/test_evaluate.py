@@ -34,6 +34,7 @@ def test_summary_and_region_hits():
     # The digit centre (15, 15) lies in windows whose 32 px box starts at 0: indices 0 only.
     hits = [r == 0 for r in arrays["region"][keep]]
     assert summary["region_hit"] == pytest.approx(np.mean(hits))
+    assert summary["region_contains"] == pytest.approx(np.mean(hits))  # the box fits window 0 only
     assert "region hit" in evaluate.format_table(summary)
 
 
@@ -45,9 +46,26 @@ def test_match_baseline(tmp_path):
     ours.mkdir(), base.mkdir()
     summary = evaluate.summarize(model, arrays, (0.5,))
     evaluate.save_result(str(ours), arrays, summary)
-    assert (ours / evaluate.CURVE_FILE).exists()
+    assert (ours / evaluate.CURVE_FILE).exists() and (ours / evaluate.STAGES_FILE).exists()
     target = 0.9 * summary["focus_top1"]
     (base / evaluate.RESULT_FILE).write_text(json.dumps({"top1": target, "gflops": 1.0}))
     out = evaluate.match_baseline(str(ours), str(base))
     assert out["matched"] and out["top1"] >= target
     assert out["flops_ratio"] == pytest.approx(out["gflops"] / 1.0)
+
+
+def test_region_contains_by_hand():
+    # h1 = 4, m = 2, patch 8: windows are 32 px squares starting at 0, 16 or 32 px.
+    region = np.array([0, 4, 8, 0])
+    bbox = np.array([[2, 3, 30, 32],      # inside window 0 (max edges exclusive: 32 fits)
+                     [16, 16, 48, 48],    # exactly window 4
+                     [30, 30, 60, 64],    # window 8 is [32, 64): starts 2 px too late
+                     [20, 10, 44, 20]])   # y up to 44 is outside window 0
+    np.testing.assert_array_equal(evaluate.region_contains(region, bbox, 4, 2, 8),
+                                  [True, True, False, False])
+    # Box 2 spans y 30..60: a window starting at 16 ends at 48, one at 32 starts too late.
+    # Box 3 fits window 3 (y 16..48, x 0..32).
+    np.testing.assert_array_equal(evaluate.any_window_contains(bbox, 4, 2, 8),
+                                  [True, True, False, True])
+    # The centre rule is looser: box 2's centre (45, 47) lies in window 8.
+    assert evaluate.region_hits(region, bbox, 4, 2, 8).tolist() == [True, True, True, False]

@@ -35,10 +35,13 @@ def test_files_folder_npz_and_a_corrupt_file(tmp_path, model_and_vars):
     cfg = cluttered_mnist_config()
     npz_images = ((np.stack(pixels[:3]) / 255.0 - 0.5) / 0.5).astype(np.float32)
     np.savez(tmp_path / "batch.npz", images=npz_images)
-    out_dir = tmp_path / "out"
+    out_dir, overlays = tmp_path / "out", tmp_path / "overlays"
     summary = predict(model, variables, [str(folder), str(tmp_path / "batch.npz")], cfg,
-                      str(out_dir), threshold=0.5, batch_size=4, progress=False)
+                      str(out_dir), threshold=0.5, batch_size=4, progress=False,
+                      overlays_dir=str(overlays))
     assert summary["predicted"] == 8 and summary["skipped"] == 1
+    pngs = sorted(p.name for p in overlays.iterdir())
+    assert len(pngs) == 8 and pngs[0].startswith("00000_") and pngs[-1] == "00007_batch_2.png"
     assert summary["skipped_files"][0]["file"].endswith("broken.jpg")
     lines = [json.loads(x) for x in (out_dir / "predictions.jsonl").read_text().splitlines()]
     saved = np.load(out_dir / "predictions.npz")

@@ -20,7 +20,8 @@ def data_config(image_size=32, num_classes=4, train_examples=64, eval_examples=2
     return ml_collections.ConfigDict(dict(image_size=image_size, num_classes=num_classes,
                                           train_examples=train_examples,
                                           eval_examples=eval_examples, delay=delay,
-                                          nan_from_batch=nan_from_batch))
+                                          nan_from_batch=nan_from_batch,
+                                          mean=(0.0,) * 3, std=(1.0,) * 3))
 
 
 def get_dataset_info(cfg):

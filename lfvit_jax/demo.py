@@ -1,0 +1,82 @@
+"""The demo model behind the notebooks and figures: `configs/demo.py` trained once per workdir.
+
+The notebooks share one workdir ($LFVIT_DEMO_WORKDIR, default ~/lfvit_demo): the first to run
+trains (or finishes an interrupted run), the others reuse its checkpoint. With
+$LFVIT_NOTEBOOK_FAST=1 they use the `runlocal` variant (8 steps of a tiny model, in a workdir of
+its own) so a test can execute every notebook in seconds.
+"""
+import json
+import os
+
+import numpy as np
+
+from lfvit_jax import evaluate, train
+from lfvit_jax.config_args import load_config
+
+WORKDIR_ENV = "LFVIT_DEMO_WORKDIR"
+FAST_ENV = "LFVIT_NOTEBOOK_FAST"
+
+
+def is_fast():
+    return os.environ.get(FAST_ENV, "") not in ("", "0")
+
+
+def config(fast=None):
+    """configs/demo.py, or its `runlocal` variant in the fast setting."""
+    fast = is_fast() if fast is None else fast
+    return load_config("demo.py:runlocal" if fast else "demo.py")
+
+
+def workdir(fast=None):
+    fast = is_fast() if fast is None else fast
+    base = os.environ.get(WORKDIR_ENV) or os.path.join(os.path.expanduser("~"), "lfvit_demo")
+    return base + "_fast" if fast else base
+
+
+def is_finished(path):
+    """True when `path` holds a completed run (train_and_evaluate wrote its final evaluation)."""
+    return os.path.exists(os.path.join(path, evaluate.RESULT_FILE))
+
+
+def ensure_trained(cfg, path):
+    """Trains into `path` unless it already holds a finished run (an interrupted run resumes).
+    Returns the final evaluation summary."""
+    if not is_finished(path):
+        return train.train_and_evaluate(cfg, path)
+    with open(os.path.join(path, evaluate.RESULT_FILE)) as f:
+        return json.load(f)
+
+
+def load(cfg, path):
+    """(model, variables) of the workdir's latest checkpoint."""
+    setup, state, _ = train.restore_for_inference(cfg, path)
+    return setup.model, {"params": setup.eval_params(state)}
+
+
+def evaluate_split(cfg, path, thresholds=None):
+    """Runs the workdir's checkpoint over the whole evaluation split (one process).
+
+    Returns (model, arrays, summary, images): `predict`'s arrays, their summary, and every
+    evaluation image in the same order (padding included, as in the arrays).
+    """
+    from lfvit_jax import data
+
+    setup, state, _ = train.restore_for_inference(cfg, path)
+    images = []
+
+    def keep_images(batches):
+        for batch in batches:
+            images.append(batch["image"])
+            yield batch
+
+    batches = keep_images(data.eval_iterator(cfg.data, cfg.eval_batch_size))
+    arrays = evaluate.predict(setup.eval_step, setup.eval_params(state), batches, setup.mesh,
+                              data.to_global)
+    summary = evaluate.summarize(setup.model, arrays, thresholds or cfg.eval_thresholds)
+    return setup.model, arrays, summary, np.concatenate(images)
+
+
+def read_metrics(path):
+    """The rows of a workdir's metrics.jsonl."""
+    with open(os.path.join(path, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
