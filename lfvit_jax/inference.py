@@ -5,7 +5,8 @@ Two paths give the same predictions:
   compacted: localization on the batch, then only the samples that did not exit, gathered into a
              bucket of a few fixed sizes chosen on the host, run through the focus stage and
              scattered back. At most one compilation per bucket size; a batch where every sample
-             exits skips the focus stage.
+             exits skips the focus stage. Over several devices each device compacts its own
+             share (shard_map), so no image moves between devices.
 
 On CPU, XLA's matmuls slow down once a batch's activations fall out of cache: `micro_batch`
 runs both stages as a loop over slices of that many images inside one compiled call (on this
@@ -23,17 +24,15 @@ from lfvit_jax.models.lfvit import LFViT, check_threshold, exit_decision
 DEFAULT_BUCKETS = (1 / 8, 1 / 4, 1 / 2, 1)
 
 
-def bucket_sizes(batch_size, fractions=DEFAULT_BUCKETS, multiple=1, micro_batch=0):
-    """Distinct bucket capacities: each fraction of the batch, rounded up to `multiple` (the device
-    count, so a bucket splits evenly over devices) and, above `micro_batch`, to a multiple of it
-    (so a bucket splits into whole slices); largest = the batch."""
-    if batch_size % multiple:
-        raise ValueError(f"Batch size {batch_size} must be a multiple of the {multiple} devices.")
+def bucket_sizes(batch_size, fractions=DEFAULT_BUCKETS, micro_batch=0):
+    """Distinct bucket capacities: each fraction of the batch rounded up and, above `micro_batch`,
+    to a multiple of it (so a bucket splits into whole slices); largest = the batch."""
     if micro_batch and batch_size % micro_batch:
-        raise ValueError(f"Batch size {batch_size} must be a multiple of micro_batch={micro_batch}.")
+        raise ValueError(f"Batch size {batch_size} (per device) must be a multiple of "
+                         f"micro_batch={micro_batch}.")
     sizes = set()
     for f in fractions:
-        size = multiple * math.ceil(f * batch_size / multiple)
+        size = math.ceil(f * batch_size)
         if micro_batch and size > micro_batch:
             size = micro_batch * math.ceil(size / micro_batch)
         sizes.add(min(batch_size, size))
@@ -64,12 +63,23 @@ class EarlyExitPredictor:
             raise ValueError(f"micro_batch={micro_batch} must be >= 0 (0 = whole batches).")
         self.model, self.variables, self.batch_size = model, variables, batch_size
         self.sharding = sharding
-        devices = 1 if sharding is None else sharding.mesh.size
-        self.sizes = bucket_sizes(batch_size, buckets, devices, micro_batch * devices)
-        slices = partial(in_slices, micro_batch=micro_batch, devices=devices)
+        self.devices = 1 if sharding is None else sharding.mesh.size
+        if batch_size % self.devices:
+            raise ValueError(f"Batch size {batch_size} must be a multiple of the "
+                             f"{self.devices} devices.")
+        self.local_batch = batch_size // self.devices
+        # Bucket capacities per device; `sizes` are the whole batch's (times the device count).
+        self.local_sizes = bucket_sizes(self.local_batch, buckets, micro_batch)
+        self.sizes = tuple(s * self.devices for s in self.local_sizes)
+        slices = partial(in_slices, micro_batch=micro_batch, devices=self.devices)
         self._localize = jax.jit(slices(partial(_localize, model)))
-        self._focus = jax.jit(partial(_focus_bucket, model, slices))
         self._masked = jax.jit(slices(partial(_masked, model)))
+        focus = partial(_focus_bucket, model, partial(in_slices, micro_batch=micro_batch))
+        if sharding is not None:
+            batch_spec, replicated = sharding.spec, jax.sharding.PartitionSpec()
+            focus = jax.shard_map(focus, mesh=sharding.mesh, out_specs=batch_spec,
+                                  in_specs=(replicated, batch_spec, batch_spec, batch_spec))
+        self._focus = jax.jit(focus)
 
     def _put(self, images):
         if images.shape[0] != self.batch_size:
@@ -87,16 +97,23 @@ class EarlyExitPredictor:
         check_threshold(threshold)
         images = self._put(images)
         loc = self._localize(self.variables, images, jnp.float32(threshold))
-        hard = np.flatnonzero(~np.asarray(loc["exited"]))
+        hard = [np.flatnonzero(~row) for row in
+                np.asarray(loc["exited"]).reshape(self.devices, self.local_batch)]
         public = {k: v for k, v in loc.items() if not k.startswith("_")}
-        if hard.size == 0:
+        most = max(h.size for h in hard)
+        if most == 0:
             return dict(public, logits=loc["loc_logits"], bucket=0)
-        size = choose_bucket(hard.size, self.sizes)
-        # Padding slots point past the batch: gathers clip them, the scatter drops them.
-        index = np.full(size, self.batch_size, np.int32)
-        index[:hard.size] = hard
-        logits = self._focus(self.variables, images, loc, jnp.asarray(index))
-        return dict(public, logits=logits, bucket=size)
+        size = choose_bucket(most, self.local_sizes)
+        # Row d: device d's own hard samples (local indices). Padding slots point past the
+        # device's share: gathers clip them, the scatter drops them.
+        index = np.full((self.devices, size), self.local_batch, np.int32)
+        for row, h in zip(index, hard):
+            row[:h.size] = h
+        index = jnp.asarray(index.reshape(-1))
+        if self.sharding is not None:
+            index = jax.device_put(index, self.sharding)
+        logits = self._focus(self.variables, images, loc, index)
+        return dict(public, logits=logits, bucket=size * self.devices)
 
 
 def in_slices(fn, micro_batch, devices=1):
@@ -132,7 +149,8 @@ def _localize(model, variables, images, threshold):
 
 
 def _focus_bucket(model, slices, variables, images, loc, index):
-    """Focus stage on images[index], scattered into the localization logits."""
+    """Focus stage on images[index], scattered into the localization logits (per device under
+    shard_map: indices are local)."""
     take = lambda x: jnp.take(x, index, axis=0, mode="clip")
     sub = {k: take(loc[k]) for k in ("fine_index", "coarse_index", "_rest_index", "_tokens",
                                      "_features")}
