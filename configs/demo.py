@@ -16,9 +16,12 @@ from lfvit_jax.config_args import parse_arg
 
 
 def get_config(arg=None):
-    arg = parse_arg(arg, baseline=False, runlocal=False, m=2, epochs=18.0)
+    arg = parse_arg(arg, baseline=False, runlocal=False, m=3, epochs=18.0)
     config = ml_collections.ConfigDict()
-    # 64 px canvas, patch 8: an 8x8 fine grid, a 4x4 coarse grid (32 px copy), 3x3 windows of m=2.
+    # 64 px canvas, patch 8: an 8x8 fine grid, a 4x4 coarse grid (32 px copy), 2x2 windows of
+    # m=3 (48 px of the canvas): every 28 px digit fits one of them, where only 79% fit one of
+    # m=2's 32 px windows; m=3 also lifted the region hit rate from ~80% to 95.6% in a third of
+    # the run.
     config.model = ml_collections.ConfigDict(dict(
         name="deit" if arg.baseline else "lfvit",
         num_classes=10,
