@@ -9,8 +9,9 @@ Two paths give the same predictions:
              share (shard_map), so no image moves between devices.
 
 On CPU, XLA's matmuls slow down once a batch's activations fall out of cache: `micro_batch`
-runs both stages as a loop over slices of that many images inside one compiled call (on this
-2-core machine batch 32 in slices of 8 is ~1.6x faster per image than one batch of 32).
+runs both stages as a loop over slices of that many images inside one compiled call (on a
+2-core AVX2 machine, batch 32: LF-ViT at 70% exit 23.1 -> 27.8 img/s in slices of 4, DeiT-S
+7.8 -> 10.5 img/s in slices of 8).
 """
 import math
 from functools import partial
