@@ -109,6 +109,7 @@ def test_build_model_from_variant():
     (dict(img_size=72), "must be a positive multiple of 16"),
     (dict(region_method="best"), "region_method 'best'"),
     (dict(gca_blocks=(2, 9)), "gca_blocks"),
+    (dict(dense_init="he"), "dense_init='he' is not one of"),
 ])
 def test_bad_model_settings(images, change, match):
     with pytest.raises(ValueError, match=match):
@@ -137,3 +138,26 @@ def test_bad_threshold(images, base, eta):
 def test_unknown_config_key():
     with pytest.raises(ValueError, match="Unknown model config key 'regionsize'"):
         build_model({"name": "lfvit", "variant": "S", "regionsize": 4})
+
+
+@pytest.mark.parametrize("name", ["lfvit", "deit"])
+def test_dense_init_sets_every_dense_kernel_scale(name):
+    """'deit': trunc_normal(.02) (std 0.0176 after truncation at 2 sigma); 'lecun':
+    std 1/sqrt(fan_in). Patch embedding, position embeddings and biases keep their own init."""
+    from flax import traverse_util
+    cfg = dict(TINY, name=name, width=64, mlp_dim=256)
+    stds = {}
+    for init in ("deit", "lecun"):
+        model = build_model(dict(cfg, dense_init=init))
+        params = model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))["params"]
+        stds[init] = {"/".join(k): (float(np.std(v)), v.shape[0])
+                      for k, v in traverse_util.flatten_dict(params).items()
+                      if k[-1] == "kernel" and "patch_embed" not in k}
+    assert stds["deit"].keys() == stds["lecun"].keys()
+    assert "blocks_0/attn/qkv/kernel" in stds["deit"] and "head/kernel" in stds["deit"]
+    if name == "lfvit":
+        assert "reuse_block_1/fc1/kernel" in stds["deit"]
+    for key, (std, _) in stds["deit"].items():
+        assert abs(std - 0.0176) < 0.002, key
+    for key, (std, fan_in) in stds["lecun"].items():
+        assert abs(std * np.sqrt(fan_in) - 1.0) < 0.12, key
