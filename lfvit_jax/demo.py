@@ -8,8 +8,6 @@ its own) so a test can execute every notebook in seconds.
 import json
 import os
 
-import numpy as np
-
 from lfvit_jax import evaluate, train
 from lfvit_jax.config_args import load_config
 
@@ -53,7 +51,7 @@ def load(cfg, path):
     return setup.model, {"params": setup.eval_params(state)}
 
 
-def evaluate_split(cfg, path, thresholds=None):
+def evaluate_split(cfg, path):
     """Runs the workdir's checkpoint over the whole evaluation split (one process).
 
     Returns (model, arrays, summary, images): `predict`'s arrays, their summary, and every
@@ -62,18 +60,8 @@ def evaluate_split(cfg, path, thresholds=None):
     from lfvit_jax import data
 
     setup, state, _ = train.restore_for_inference(cfg, path)
-    images = []
-
-    def keep_images(batches):
-        for batch in batches:
-            images.append(batch["image"])
-            yield batch
-
-    batches = keep_images(data.eval_iterator(cfg.data, cfg.eval_batch_size))
-    arrays = evaluate.predict(setup.eval_step, setup.eval_params(state), batches, setup.mesh,
-                              data.to_global)
-    summary = evaluate.summarize(setup.model, arrays, thresholds or cfg.eval_thresholds)
-    return setup.model, arrays, summary, np.concatenate(images)
+    arrays, summary, images = train.run_eval(setup, state, data, preview=None)
+    return setup.model, arrays, summary, images
 
 
 def read_metrics(path):

@@ -6,7 +6,6 @@ schedule of the algorithm doc (section 10) and returns the final evaluation summ
 (default `lfvit_jax.data`) so tests can feed a synthetic dataset through the same interface.
 """
 import functools
-import itertools
 import json
 import logging
 import math
@@ -267,14 +266,21 @@ def initial_state(setup, mngr, data_iter, allow_scratch=True):
 
 def run_eval(setup, state, data, preview=16):
     """(arrays, summary, images): the evaluation split's arrays and summary, and this process's
-    first `preview` images (kept for the overlays figure)."""
+    first `preview` images (for the overlays figure; all of them, padding included, in the
+    arrays' order, with preview=None)."""
     config = setup.config
-    batches = data.eval_iterator(config.data, config.eval_batch_size)
-    first = next(batches, None)
-    images = first["image"][:preview] if first is not None else None
-    batches = itertools.chain([first], batches) if first is not None else batches
+    kept = []
+
+    def keep_images(batches):
+        for batch in batches:
+            if preview is None or sum(map(len, kept)) < preview:
+                kept.append(batch["image"])
+            yield batch
+
+    batches = keep_images(data.eval_iterator(config.data, config.eval_batch_size))
     arrays = evaluate.predict(setup.eval_step, setup.eval_params(state), batches, setup.mesh,
                               data.to_global)
+    images = np.concatenate(kept)[:preview] if kept else None
     return arrays, evaluate.summarize(setup.model, arrays, config.eval_thresholds), images
 
 
