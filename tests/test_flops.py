@@ -49,6 +49,11 @@ def test_xla_count_agrees_with_the_convention():
     run = ours["stage12_gflops"] - flops.skipped_work(model)
     assert flops.skipped_work(model) > 0.005
     assert run <= xla12 <= 1.1 * run
+    deit = DeiT(num_classes=10, width=192, depth=2, num_heads=3, mlp_dim=768, patch=16,
+                img_size=128)
+    deit_run = flops.summary(deit)["gflops"] - flops.skipped_work(deit)
+    assert flops.skipped_work(deit) > 0.005
+    assert deit_run <= flops.xla_gflops(deit) <= 1.1 * deit_run
 
 
 def test_cli_prints_table_and_json():

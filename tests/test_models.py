@@ -161,3 +161,26 @@ def test_dense_init_sets_every_dense_kernel_scale(name):
         assert abs(std - 0.0176) < 0.002, key
     for key, (std, fan_in) in stds["lecun"].items():
         assert abs(std * np.sqrt(fan_in) - 1.0) < 0.12, key
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_cls_only_last_block_is_the_full_blocks_first_row(train):
+    """The classifying passes run their last block for the class token only: its features,
+    and their gradients, equal the full computation's first row (with drop path in training)."""
+    model = DeiT(**{k: v for k, v in TINY.items() if k != "region_size"}, drop_path=0.3)
+    x = jax.random.normal(jax.random.key(2), (3, 17, 32))
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
+    rngs = {"dropout": jax.random.key(3)}
+
+    def features(params, cls_only):
+        out, _ = model.apply({"params": params}, x, train, cls_only=cls_only, rngs=rngs,
+                             method=lambda m, *a, **k: m.encode(*a, **k))
+        return out[:, 0]
+    full, short = features(variables["params"], False), features(variables["params"], True)
+    np.testing.assert_allclose(short, full, atol=1e-5)
+    loss = lambda p, c: jnp.sum(jnp.sin(features(p, c)))
+    g_full, g_short = jax.grad(loss)(variables["params"], False), jax.grad(loss)(
+        variables["params"], True)
+    for a, b in zip(jax.tree.leaves(g_full), jax.tree.leaves(g_short)):
+        np.testing.assert_allclose(b, a, atol=1e-5)
+    assert short.shape == (3, 32)

@@ -135,7 +135,7 @@ class LFViT(VitTrunk):
                 parts.append(take_tokens(loc["_tokens"][:, 1:], loc["_rest_index"]))
         tokens = jnp.concatenate(parts, axis=1)
         self.sow("intermediates", "focus_tokens", tokens)  # the stage-2 layer-0 input, for tests
-        features, _ = self.encode(tokens, train)
+        features, _ = self.encode(tokens, train, cls_only=True)
         return self.head(features[:, 0])
 
     def _reuse(self, features):

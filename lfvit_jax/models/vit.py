@@ -78,15 +78,16 @@ class Attention(nn.Module):
     dense_init: str = "deit"
 
     @nn.compact
-    def __call__(self, x, return_probs=False):
+    def __call__(self, x, return_probs=False, cls_only=False):
         b, n, c = x.shape
         h, d = self.num_heads, c // self.num_heads
-        # qkv output features are laid out (3, heads, head_dim), as in timm.
         qkv = dense(3 * c, self.dense_init, "qkv")(x).reshape(b, n, 3, h, d)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        if cls_only:
+            q = q[:, :1]
         logits = jnp.einsum("bqhd,bkhd->bhqk", q * d**-0.5, k)
         probs = jax.nn.softmax(logits, axis=-1)
-        out = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, n, c)
+        out = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, q.shape[1], c)
         out = dense(c, self.dense_init, "proj")(out)
         return (out, probs) if return_probs else out
 
@@ -122,9 +123,13 @@ class Block(nn.Module):
     dense_init: str = "deit"
 
     @nn.compact
-    def __call__(self, x, deterministic=True):
+    def __call__(self, x, deterministic=True, cls_only=False):
+        """With `cls_only`, returns the class token's output only, (B, 1, C): the same values as
+        the full block's first row, without the other tokens' queries, projection and MLP."""
         attn = Attention(self.num_heads, self.dense_init, name="attn")
-        y, probs = attn(layer_norm("norm1")(x), return_probs=True)
+        y, probs = attn(layer_norm("norm1")(x), return_probs=True, cls_only=cls_only)
+        if cls_only:
+            x = x[:, :1]
         x = x + DropPath(self.drop_path)(y, deterministic)
         y = Mlp(self.mlp_dim, self.dense_init, name="mlp")(layer_norm("norm2")(x))
         x = x + DropPath(self.drop_path)(y, deterministic)
@@ -175,15 +180,17 @@ class VitTrunk(nn.Module):
         cls = jnp.broadcast_to(self.cls_token, (tokens.shape[0], 1, self.width))
         return jnp.concatenate([cls, tokens], axis=1) + pos_embed
 
-    def encode(self, x, train: bool, attn_blocks: Sequence[int] = ()):
+    def encode(self, x, train: bool, attn_blocks: Sequence[int] = (), cls_only=False):
         """Runs the blocks and the final norm.
 
         Returns (features, attn) with attn the class-token attention rows of `attn_blocks`,
-        shape (len(attn_blocks), B, heads, N).
+        shape (len(attn_blocks), B, heads, N). With `cls_only` the last block computes only the
+        class token's output and features is (B, 1, C): all a classifier needs.
         """
         rows = []
+        last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
-            x, cls_row = block(x, deterministic=not train)
+            x, cls_row = block(x, deterministic=not train, cls_only=cls_only and i == last)
             if i in attn_blocks:
                 rows.append(cls_row)
         attn = jnp.stack(rows) if rows else None
@@ -202,7 +209,7 @@ class DeiT(VitTrunk):
     def __call__(self, images, train=False):
         check_images(images, self.img_size, self.patch)
         x = self.with_cls(self.patch_embed(images), self.pos_embed)
-        features, _ = self.encode(x, train)
+        features, _ = self.encode(x, train, cls_only=True)
         return {"logits": self.head(features[:, 0])}
 
 
