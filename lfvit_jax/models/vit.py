@@ -72,6 +72,36 @@ class PatchEmbed(nn.Module):
         return Patchify(self.features, self.patch, name="proj")(x, index)
 
 
+class HeadsQKV(nn.Module):
+    """timm's qkv Linear (kernel (C, 3C), output features laid out (3, heads, head_dim)), applied
+    as one einsum straight into (3, B, heads, N, head_dim): XLA on CPU then needs no transposes
+    around the attention products (the attention layer runs about a third faster)."""
+    num_heads: int
+    dense_init: str = "deit"
+
+    @nn.compact
+    def __call__(self, x):
+        c = x.shape[-1]
+        h, d = self.num_heads, c // self.num_heads
+        kernel = self.param("kernel", DENSE_INITS[self.dense_init], (c, 3 * c))
+        bias = self.param("bias", nn.initializers.zeros, (3 * c,))
+        qkv = jnp.einsum("bnc,cthd->tbhnd", x, kernel.reshape(c, 3, h, d))
+        return qkv + bias.reshape(3, 1, h, 1, d)
+
+
+class HeadsProj(nn.Module):
+    """timm's output Linear (kernel (C, C)) applied to per-head outputs (B, heads, N, head_dim)."""
+    dense_init: str = "deit"
+
+    @nn.compact
+    def __call__(self, x):
+        _, h, _, d = x.shape
+        c = h * d
+        kernel = self.param("kernel", DENSE_INITS[self.dense_init], (c, c))
+        bias = self.param("bias", nn.initializers.zeros, (c,))
+        return jnp.einsum("bhnd,hdc->bnc", x, kernel.reshape(h, d, c)) + bias
+
+
 class Attention(nn.Module):
     """Multi-head self-attention; optionally also returns the post-softmax probabilities."""
     num_heads: int
@@ -79,16 +109,14 @@ class Attention(nn.Module):
 
     @nn.compact
     def __call__(self, x, return_probs=False, cls_only=False):
-        b, n, c = x.shape
-        h, d = self.num_heads, c // self.num_heads
-        qkv = dense(3 * c, self.dense_init, "qkv")(x).reshape(b, n, 3, h, d)
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        """With `cls_only`, only the class token queries: output (B, 1, C), probs (B, h, 1, N)."""
+        d = x.shape[-1] // self.num_heads
+        q, k, v = HeadsQKV(self.num_heads, self.dense_init, name="qkv")(x)
         if cls_only:
-            q = q[:, :1]
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q * d**-0.5, k)
+            q = q[:, :, :1]
+        logits = jnp.einsum("bhqd,bhkd->bhqk", q * d**-0.5, k)
         probs = jax.nn.softmax(logits, axis=-1)
-        out = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, q.shape[1], c)
-        out = dense(c, self.dense_init, "proj")(out)
+        out = HeadsProj(self.dense_init, name="proj")(jnp.einsum("bhqk,bhkd->bhqd", probs, v))
         return (out, probs) if return_probs else out
 
 
