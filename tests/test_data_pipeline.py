@@ -2,6 +2,7 @@
 import io
 import logging
 import multiprocessing
+import time
 from unittest import mock
 
 import jax
@@ -317,3 +318,31 @@ def test_eval_with_grain_workers_matches_inline(mnist_cfg):
         assert got.keys() == want.keys()
         for key in want:
             np.testing.assert_array_equal(got[key], want[key])
+
+
+def test_prefetch_thread_keeps_the_stream_and_its_state(mnist_cfg):
+    """The background thread runs ahead, but the state is the consumed position: a resume
+    continues the stream exactly as the plain iterator does; errors reach the consumer."""
+    plain_cfg = mnist_cfg.copy_and_resolve_references()
+    plain_cfg.prefetch = 0
+    plain = data.train_iterator(plain_cfg, 8, seed=0)
+    ahead = data.train_iterator(mnist_cfg, 8, seed=0)
+    assert isinstance(ahead, pipeline.Prefetch) and not isinstance(plain, pipeline.Prefetch)
+    for _ in range(3):
+        np.testing.assert_array_equal(next(ahead)["image"], next(plain)["image"])
+    time.sleep(0.5)  # let the thread fill its queue
+    assert ahead.get_state() == plain.get_state()
+    resumed = data.train_iterator(mnist_cfg, 8, seed=0)
+    resumed.set_state(ahead.get_state())
+    np.testing.assert_array_equal(next(resumed)["image"], next(plain)["image"])
+    ahead.set_state(plain.get_state())  # stops the thread, rewinds
+    np.testing.assert_array_equal(next(ahead)["image"], next(plain)["image"])
+
+    class Broken:
+        def get_state(self):
+            return b"0"
+
+        def __next__(self):
+            raise ValueError("corrupt shard")
+    with pytest.raises(ValueError, match="corrupt shard"):
+        next(pipeline.Prefetch(Broken(), 2))

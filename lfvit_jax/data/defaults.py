@@ -16,6 +16,7 @@ def _common(**overrides):
         eval_split="validation",
         workers=0,  # grain worker processes that decode and augment; 0 = in the main process
         worker_buffer_size=2,
+        prefetch=2,  # with workers=0: training batches built ahead on a thread; 0 = on demand
         # grain's read-ahead threads per reader: its default (16 threads, 500 records) costs
         # more than array_record reads from a local disk on a few cores; raise for remote data.
         read_threads=0,

@@ -6,7 +6,9 @@ drop-remainder, then mixes the batch (mixup/cutmix + label smoothing). Everythin
 from the seed and the position, so the grain iterator state (the position) is all a checkpoint
 needs to resume the exact stream. With `workers` > 0 each grain worker builds whole batches from
 every workers-th position: same examples and augmentations, grouped differently; grain rejects
-a state saved under another worker count.
+a state saved under another worker count. With `prefetch` > 0 a background thread builds that many
+batches ahead of the training step (the step runs in XLA without the GIL); grain's own workers
+already do that, so it applies with `workers` = 0.
 
 Evaluation: the split is padded to a whole number of global batches; process p takes the
 positions p, p + P, p + 2P, ...; padding examples carry `_mask = False`.
@@ -15,7 +17,9 @@ import io
 import logging
 import math
 import os
+import queue
 import sys
+import threading
 
 from absl import flags
 import grain.python as grain
@@ -304,6 +308,70 @@ def _read_options(data_cfg):
                              prefetch_buffer_size=data_cfg.read_buffer_size)
 
 
+class Prefetch:
+    """Runs a grain iterator `depth` batches ahead on a background thread, keeping its
+    get_state/set_state: the state is the one after the last batch handed out, so a checkpoint
+    resumes exactly where training was, not where the thread was."""
+
+    def __init__(self, iterator, depth):
+        self._it, self._depth = iterator, depth
+        self._thread = self._queue = self._stop = None
+        self._state = None
+
+    def __iter__(self):
+        return self
+
+    def _start(self):
+        self._state = self._it.get_state()  # read before the thread runs: never concurrently
+        self._queue, self._stop = queue.Queue(self._depth), threading.Event()
+        self._thread = threading.Thread(target=self._produce, args=(self._queue, self._stop),
+                                        daemon=True, name="lfvit-prefetch")
+        self._thread.start()
+
+    def _produce(self, out, stop):
+        try:
+            while not stop.is_set():
+                item = (next(self._it), self._it.get_state(), None)
+                while not stop.is_set():
+                    try:
+                        out.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        pass
+        except BaseException as e:  # StopIteration too: handed to the consumer
+            out.put((None, None, e))
+
+    def __next__(self):
+        if self._thread is None:
+            self._start()
+        batch, state, error = self._queue.get()
+        if error is not None:
+            self._halt()
+            raise error
+        self._state = state
+        return batch
+
+    def _halt(self):
+        if self._thread is not None:
+            self._stop.set()
+            while self._thread.is_alive():
+                try:
+                    self._queue.get(timeout=0.1)
+                except queue.Empty:
+                    pass
+            self._thread = None
+
+    def get_state(self):
+        return self._it.get_state() if self._thread is None else self._state
+
+    def set_state(self, state):
+        self._halt()
+        self._it.set_state(state)
+
+    def start_prefetch(self):
+        """Called by grain's checkpoint restore; the thread starts at the next batch."""
+
+
 def train_iterator(data_cfg, global_batch_size, *, seed, process_index=None, process_count=None):
     """Endless iterator of this process's training batches: {'image' (B, S, S, 3) float32,
     'label' (B, num_classes) float32 soft targets}. Supports get_state()/set_state()."""
@@ -332,6 +400,8 @@ def train_iterator(data_cfg, global_batch_size, *, seed, process_index=None, pro
         worker_buffer_size=data_cfg.worker_buffer_size,
         read_options=_read_options(data_cfg),
         shard_options=grain.ShardOptions(process_index, process_count, drop_remainder=True))
+    if data_cfg.prefetch and not data_cfg.workers:  # grain's workers already run ahead
+        return Prefetch(iter(loader), data_cfg.prefetch)
     return iter(loader)
 
 
