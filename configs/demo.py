@@ -2,7 +2,8 @@
 under 10 minutes on 2 CPU cores. `baseline` trains a plain ViT of the same size on the full
 64 px image for the same number of steps, for comparison.
 
-Arguments: baseline, runlocal, m=<region side in coarse tokens>, epochs=<training epochs>.
+Arguments: baseline, runlocal, m=<region side in coarse tokens>, alpha=<refined fraction of the
+region>, epochs=<training epochs>.
 
   python main.py --config configs/demo.py --workdir workdirs/demo
   python main.py --config configs/demo.py:baseline --workdir workdirs/demo_baseline
@@ -16,7 +17,7 @@ from lfvit_jax.config_args import parse_arg
 
 
 def get_config(arg=None):
-    arg = parse_arg(arg, baseline=False, runlocal=False, m=3, epochs=25.0)
+    arg = parse_arg(arg, baseline=False, runlocal=False, m=3, alpha=0.5, epochs=60.0)
     config = ml_collections.ConfigDict()
     # 64 px canvas, patch 8: an 8x8 fine grid, a 4x4 coarse grid (32 px copy), 2x2 windows of
     # m=3 (48 px of the canvas): every 28 px digit fits one of them, where only 79% fit one of
@@ -37,12 +38,19 @@ def get_config(arg=None):
         dense_init="lecun",
     ))
     if not arg.baseline:
-        config.model.update(region_size=arg.m, alpha=1.0, beta=0.99, gca_blocks=(1, 2, 3),
+        # alpha 0.5 refines 5 of the region's 9 coarse tokens (a 28 px digit covers about 2x2 of
+        # them): stage 2 sees 32 tokens instead of 44, 0.751 of the baseline's FLOPs with both
+        # stages instead of 0.929; measured at 60 epochs, focus top-1 76.7% (alpha 1: 77.6%).
+        config.model.update(region_size=arg.m, alpha=arg.alpha, beta=0.99, gca_blocks=(1, 2, 3),
                             region_method="ngca", fusion=True, reuse_tokens=True)
     config.data = data.cluttered_mnist_config()
     # Short runs gain from switching to the (cheaper) region steps early: 30% instead of 77%.
     recipes.deit_training(config, total_epochs=arg.epochs,
                           selection_start_epoch=0.3 * arg.epochs)
+    # The paper's CE + CE: the localization stage learns from the labels directly instead of only
+    # from the focus stage through KL, and is what early exit relies on (60 epochs: localization
+    # top-1 67.5% against 60.2% with the release's CE + KL, focus 77.6% / 76.9%).
+    config.loss = "ce_ce"
     # Peak lr 2e-3 (= lr * batch / 512): short runs of small ViTs want a high rate and many steps.
     config.update(batch_size=64, eval_batch_size=200, warmup_epochs=1.0, lr=1.6e-2,
                   compute_dtype="float32", log_every_steps=50, eval_every_epochs=arg.epochs / 3,

@@ -4,7 +4,8 @@ Two paths give the same predictions:
   masked:    both stages on the whole batch, the answer picked per sample (simple, saves nothing);
   compacted: localization on the batch, then only the samples that did not exit, gathered into a
              bucket of a few fixed sizes chosen on the host, run through the focus stage and
-             scattered back. At most one compilation per bucket size; a batch where every sample
+             scattered back. Localization runs its last block for the class token only
+             (`localize(defer=True)`); the focus stage finishes it for the K tokens it fuses. At most one compilation per bucket size; a batch where every sample
              exits skips the focus stage. Over several devices each device compacts its own
              share (shard_map), so no image moves between devices.
 
@@ -144,7 +145,7 @@ def in_slices(fn, micro_batch, devices=1):
 
 
 def _localize(model, variables, images, threshold):
-    loc = model.apply(variables, images, method=LFViT.localize)
+    loc = model.apply(variables, images, defer=True, method=LFViT.localize)
     confidence, exited = exit_decision(loc["loc_logits"], threshold)
     return dict(loc, exited=exited, confidence=confidence)
 
@@ -153,8 +154,8 @@ def _focus_bucket(model, slices, variables, images, loc, index):
     """Focus stage on images[index], scattered into the localization logits (per device under
     shard_map: indices are local)."""
     take = lambda x: jnp.take(x, index, axis=0, mode="clip")
-    sub = {k: take(loc[k]) for k in ("fine_index", "coarse_index", "_rest_index", "_tokens",
-                                     "_features")}
+    sub = {k: take(v) for k, v in loc.items()
+           if k.startswith("_") or k in ("fine_index", "coarse_index")}
     focus = slices(lambda v, b: model.apply(v, b["images"], b["loc"], method=LFViT.focus))(
         variables, {"images": take(images), "loc": sub})
     return loc["loc_logits"].at[index].set(focus.astype(loc["loc_logits"].dtype), mode="drop")

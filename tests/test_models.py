@@ -184,3 +184,23 @@ def test_cls_only_last_block_is_the_full_blocks_first_row(train):
     for a, b in zip(jax.tree.leaves(g_full), jax.tree.leaves(g_short)):
         np.testing.assert_allclose(b, a, atol=1e-5)
     assert short.shape == (3, 32)
+
+
+def test_deferred_localization_gives_the_same_outputs(images):
+    """localize(defer=True) skips the last block for every token but the class token; focus
+    then finishes it for the K fused tokens only. Same stage-1 outputs and focus logits as the
+    full pass; 'whole' focus needs every feature and says so."""
+    model = LFViT(**TINY, dense_init="lecun")
+    variables = model.init(jax.random.key(0), images)
+    full = model.apply(variables, images, method=LFViT.localize)
+    short = model.apply(variables, images, defer=True, method=LFViT.localize)
+    for key in ("loc_logits", "gca", "region", "coarse_index", "fine_index"):
+        np.testing.assert_allclose(short[key], full[key], atol=1e-5)
+    focus = lambda loc: model.apply(variables, images, loc, method=LFViT.focus)
+    np.testing.assert_allclose(focus(short), focus(full), atol=1e-5)
+    kept = model.apply(variables, short["_before_last"], 1 + short["coarse_index"],
+                       method=lambda m, *a: m.finish_tokens(*a))
+    np.testing.assert_allclose(kept, jnp.take_along_axis(
+        full["_features"], 1 + short["coarse_index"][:, :, None], axis=1), atol=1e-5)
+    with pytest.raises(ValueError, match="without defer"):
+        model.apply(variables, images, short, mode="whole", method=LFViT.focus)

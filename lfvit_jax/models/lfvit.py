@@ -93,22 +93,33 @@ class LFViT(VitTrunk):
             out.update(early_exit(out["loc_logits"], out["focus_logits"], threshold))
         return out
 
-    def localize(self, images, train=False):
-        """Stage 1 and region selection. Keys starting with '_' are what `focus` needs."""
+    def localize(self, images, train=False, defer=False):
+        """Stage 1 and region selection. Keys starting with '_' are what `focus` needs.
+
+        With `defer`, the last block runs for the class token only (the exit decision and GCA
+        need nothing else) and `focus` later finishes it for just the K region tokens it fuses:
+        the same outputs, with the work skipped for every sample that exits. Region focus only.
+        """
         check_images(images, self.img_size, 2 * self.patch)
         h1, m = self.h1, self.region_size
         x = resize_align_corners(images, self.img_size // 2)
         tokens = self.with_cls(self.patch_embed(x), self.pos_embed_list_0)
-        features, attn = self.encode(tokens, train, self.target_blocks)
+        features, attn, *before_last = self.encode(tokens, train, self.target_blocks,
+                                                    cls_only=defer, last_input=defer)
         gca = selection.gca_from_attention(attn, self.beta)
         rng = None
         if self.region_method == "random":  # without a 'region' rng, a fixed key keeps eval repeatable
             rng = self.make_rng("region") if self.has_rng("region") else jax.random.key(0)
         region = selection.choose_region(gca, h1, m, self.region_method, rng)
         sel = selection.select_tokens(jax.lax.stop_gradient(gca), region, h1, m, self.num_kept)
-        return {"loc_logits": self.head(features[:, 0]), "gca": gca, "region": region,
-                "coarse_index": sel["kept"], "fine_index": sel["fine"],
-                "_rest_index": sel["rest"], "_tokens": tokens, "_features": features}
+        out = {"loc_logits": self.head(features[:, 0]), "gca": gca, "region": region,
+               "coarse_index": sel["kept"], "fine_index": sel["fine"],
+               "_rest_index": sel["rest"], "_tokens": tokens}
+        if defer:
+            out["_before_last"] = before_last[0]
+        else:
+            out["_features"] = features
+        return out
 
     def focus(self, images, loc, train=False, mode="region"):
         """Stage 2 on the full-resolution images, given the dict `localize` returned."""
@@ -118,6 +129,9 @@ class LFViT(VitTrunk):
         cls = jnp.broadcast_to(self.cls_token + self.pos_embed_list_1[:, :1], (b, 1, self.width))
         pos = self.pos_embed_list_1[0, 1:]
         if mode == "whole":
+            if "_features" not in loc:
+                raise ValueError("focus mode 'whole' needs every localization feature: call "
+                                 "localize without defer.")
             fine = self.patch_embed(images)
             if self.fusion:
                 fine = fine + upsample2x(self._reuse(loc["_features"][:, 1:]), h1)
@@ -128,7 +142,10 @@ class LFViT(VitTrunk):
             index = loc["fine_index"]
             fine = self.patch_embed(images, index)
             if self.fusion:
-                kept = take_tokens(loc["_features"][:, 1:], loc["coarse_index"])
+                if "_features" in loc:
+                    kept = take_tokens(loc["_features"][:, 1:], loc["coarse_index"])
+                else:  # deferred: finish stage 1's last block for these K tokens only
+                    kept = self.finish_tokens(loc["_before_last"], 1 + loc["coarse_index"], train)
                 fine = fine + jnp.tile(self._reuse(kept), (1, 4, 1))  # quarters follow `kept`
             parts = [cls, fine + pos[index]]
             if self.reuse_tokens:

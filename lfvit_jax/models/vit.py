@@ -108,12 +108,15 @@ class Attention(nn.Module):
     dense_init: str = "deit"
 
     @nn.compact
-    def __call__(self, x, return_probs=False, cls_only=False):
-        """With `cls_only`, only the class token queries: output (B, 1, C), probs (B, h, 1, N)."""
+    def __call__(self, x, return_probs=False, cls_only=False, query_index=None):
+        """With `cls_only`, only the class token queries: output (B, 1, C), probs (B, h, 1, N).
+        With `query_index` (B, k), only those tokens query: output (B, k, C)."""
         d = x.shape[-1] // self.num_heads
         q, k, v = HeadsQKV(self.num_heads, self.dense_init, name="qkv")(x)
         if cls_only:
             q = q[:, :, :1]
+        elif query_index is not None:
+            q = jnp.take_along_axis(q, query_index[:, None, :, None], axis=2)
         logits = jnp.einsum("bhqd,bhkd->bhqk", q * d**-0.5, k)
         probs = jax.nn.softmax(logits, axis=-1)
         out = HeadsProj(self.dense_init, name="proj")(jnp.einsum("bhqk,bhkd->bhqd", probs, v))
@@ -151,13 +154,18 @@ class Block(nn.Module):
     dense_init: str = "deit"
 
     @nn.compact
-    def __call__(self, x, deterministic=True, cls_only=False):
+    def __call__(self, x, deterministic=True, cls_only=False, query_index=None):
         """With `cls_only`, returns the class token's output only, (B, 1, C): the same values as
-        the full block's first row, without the other tokens' queries, projection and MLP."""
+        the full block's first row, without the other tokens' queries, projection and MLP. With
+        `query_index` (B, k), the outputs of those tokens only, (B, k, C) (the returned attention
+        row is then the first indexed token's)."""
         attn = Attention(self.num_heads, self.dense_init, name="attn")
-        y, probs = attn(layer_norm("norm1")(x), return_probs=True, cls_only=cls_only)
+        y, probs = attn(layer_norm("norm1")(x), return_probs=True, cls_only=cls_only,
+                        query_index=query_index)
         if cls_only:
             x = x[:, :1]
+        elif query_index is not None:
+            x = jnp.take_along_axis(x, query_index[:, :, None], axis=1)
         x = x + DropPath(self.drop_path)(y, deterministic)
         y = Mlp(self.mlp_dim, self.dense_init, name="mlp")(layer_norm("norm2")(x))
         x = x + DropPath(self.drop_path)(y, deterministic)
@@ -208,21 +216,32 @@ class VitTrunk(nn.Module):
         cls = jnp.broadcast_to(self.cls_token, (tokens.shape[0], 1, self.width))
         return jnp.concatenate([cls, tokens], axis=1) + pos_embed
 
-    def encode(self, x, train: bool, attn_blocks: Sequence[int] = (), cls_only=False):
+    def encode(self, x, train: bool, attn_blocks: Sequence[int] = (), cls_only=False,
+               last_input=False):
         """Runs the blocks and the final norm.
 
         Returns (features, attn) with attn the class-token attention rows of `attn_blocks`,
         shape (len(attn_blocks), B, heads, N). With `cls_only` the last block computes only the
-        class token's output and features is (B, 1, C): all a classifier needs.
+        class token's output and features is (B, 1, C): all a classifier needs. With
+        `last_input`, also returns the last block's input (B, N, C), from which `finish_tokens`
+        computes other tokens' features later.
         """
         rows = []
         last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
+            if i == last:
+                before_last = x
             x, cls_row = block(x, deterministic=not train, cls_only=cls_only and i == last)
             if i in attn_blocks:
                 rows.append(cls_row)
         attn = jnp.stack(rows) if rows else None
-        return self.norm(x), attn
+        return (self.norm(x), attn, before_last) if last_input else (self.norm(x), attn)
+
+    def finish_tokens(self, before_last, index, train=False):
+        """Final features (B, k, C) of the tokens at `index` (B, k), from the last block's input:
+        the same values as those rows of a full `encode`, for k of the N tokens' work."""
+        x, _ = self.blocks[-1](before_last, deterministic=not train, query_index=index)
+        return self.norm(x)
 
 
 class DeiT(VitTrunk):
