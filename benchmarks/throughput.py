@@ -1,11 +1,12 @@
 """Images/s of DeiT-S against LF-ViT (masked and compacted early exit), side by side in one run.
 
-  python benchmarks/throughput.py                       # batch 32, exit fractions 0/50/70/90%
-  python benchmarks/throughput.py --batch 32 --micro_batch 8    # fastest on a 2-core CPU
-  python benchmarks/throughput.py --batch 16 --cpu_devices 2 --buckets 8
+  python benchmarks/throughput.py                       # batch 32, exit fractions 0/50/70/90/100%
+  python benchmarks/throughput.py --batch 32 --micro_batch 4    # slices of 4 (AVX2 CPUs)
+  python benchmarks/throughput.py --batch 16 --cpu_devices 2 --buckets 16
 
 Random weights, random images. Each exit fraction is hit by setting the threshold to that quantile
-of the measured localization confidences over the benchmark batches. The time per batch is the
+of the measured localization confidences over the benchmark batches; at 100% the focus stage never
+runs, so that row is the localization stage alone. The time per batch is the
 best of `--rounds` rounds (robust to other load on the machine); it includes the host round trip
 the compacted path makes to pick its bucket. `--micro_batch` slices both models' batches the
 same way (see lfvit_jax/inference.py). Prints a table, then a JSON line.
@@ -39,10 +40,11 @@ def parse_args(argv=None):
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--num_batches", type=int, default=4, help="distinct batches per round")
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--fractions", default="0,0.5,0.7,0.9", help="exit fractions to time")
+    p.add_argument("--fractions", default="0,0.5,0.7,0.9,1", help="exit fractions to time")
     p.add_argument("--region_size", type=int, default=5)
-    p.add_argument("--buckets", type=int, default=0,
-                   help="focus bucket sizes: 0 = B/8, B/4, B/2, B; n = every multiple of B/n")
+    p.add_argument("--buckets", type=int, default=8,
+                   help="focus bucket sizes: n = every multiple of B/n (one compilation each); "
+                        "0 = the predictor's default B/8, B/4, B/2, B")
     p.add_argument("--micro_batch", type=int, default=0,
                    help="run every stage (and DeiT) in slices of this many images per device "
                         "inside one compiled call; 0 = whole batches")
