@@ -5,9 +5,10 @@ Two paths give the same predictions:
   compacted: localization on the batch, then only the samples that did not exit, gathered into a
              bucket of a few fixed sizes chosen on the host, run through the focus stage and
              scattered back. Localization runs its last block for the class token only
-             (`localize(defer=True)`); the focus stage finishes it for the K tokens it fuses. At most one compilation per bucket size; a batch where every sample
-             exits skips the focus stage. Over several devices each device compacts its own
-             share (shard_map), so no image moves between devices.
+             (`localize(defer=True)`); the focus stage finishes it for the K tokens it fuses.
+             At most one compilation per bucket size; a batch where every sample exits skips
+             the focus stage. Over several devices each device compacts its own share
+             (shard_map), so no image moves between devices.
 
 On CPU, XLA's matmuls slow down once a batch's activations fall out of cache: `micro_batch`
 runs both stages as a loop over slices of that many images inside one compiled call (on a
