@@ -104,8 +104,8 @@ class LFViT(VitTrunk):
         h1, m = self.h1, self.region_size
         x = resize_align_corners(images, self.img_size // 2)
         tokens = self.with_cls(self.patch_embed(x), self.pos_embed_list_0)
-        features, attn, *before_last = self.encode(tokens, train, self.target_blocks,
-                                                    cls_only=defer, last_input=defer)
+        features, attn, before_last = self.encode(tokens, train, self.target_blocks,
+                                                  cls_only=defer, last_input=True)
         gca = selection.gca_from_attention(attn, self.beta)
         rng = None
         if self.region_method == "random":  # without a 'region' rng, a fixed key keeps eval repeatable
@@ -116,7 +116,7 @@ class LFViT(VitTrunk):
                "coarse_index": sel["kept"], "fine_index": sel["fine"],
                "_rest_index": sel["rest"], "_tokens": tokens}
         if defer:
-            out["_before_last"] = before_last[0]
+            out["_before_last"] = before_last
         else:
             out["_features"] = features
         return out
