@@ -6,10 +6,14 @@
 
 Random weights, random images. Each exit fraction is hit by setting the threshold to that quantile
 of the measured localization confidences over the benchmark batches; at 100% the focus stage never
-runs, so that row is the localization stage alone. The time per batch is the
-best of `--rounds` rounds (robust to other load on the machine); it includes the host round trip
-the compacted path makes to pick its bucket. `--micro_batch` slices both models' batches the
-same way (see lfvit_jax/inference.py). Prints a table, then a JSON line.
+runs, so that row is the localization stage alone. Two compacted paths are timed: per batch (the
+focus stage on each batch's own hard images, in the smallest bucket that holds them) and streaming
+(`EarlyExitPredictor.stream`: hard images queue across batches and the focus stage runs on full
+buckets; each pass runs through the batches `--stream_repeat` times, the final partial bucket
+included). Every round times every path in turn, so drift in the machine's speed hits them alike,
+and each figure is the median over `--rounds` rounds; times include the host round trips that pick
+buckets. `--micro_batch` slices both models' batches the same way (see lfvit_jax/inference.py).
+Prints a table, then a JSON line.
 """
 import argparse
 import json
@@ -21,30 +25,56 @@ DEIT_S = dict(num_classes=1000, width=384, depth=12, num_heads=6, mlp_dim=1536, 
               img_size=224)
 
 
-def best_time(fn, batches, rounds):
-    """Best seconds per batch over `rounds` passes through `batches` (after one warm-up pass)."""
-    import jax
-    jax.block_until_ready(fn(batches[0]))
-    best = float("inf")
+def median_times(passes, rounds):
+    """passes: name -> (run one pass, batches in it). Seconds per batch of each, the median over
+    `rounds` rounds that time every pass in turn (so drift in the machine's speed hits all of
+    them alike), after two warm-up passes each (compilations)."""
+    import numpy as np
+    for run, _ in passes.values():
+        run()
+        run()
+    times = {name: [] for name in passes}
     for _ in range(rounds):
-        start = time.perf_counter()
+        for name, (run, n) in passes.items():
+            start = time.perf_counter()
+            run()
+            times[name].append((time.perf_counter() - start) / n)
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def over_batches(fn, batches):
+    """One pass of fn over the batches, waiting for the last output."""
+    import jax
+
+    def run():
         for x in batches:
             out = fn(x)
         jax.block_until_ready(out)
-        best = min(best, (time.perf_counter() - start) / len(batches))
-    return best
+    return run
+
+
+def over_stream(predictor, batches, threshold, bucket):
+    def run():
+        for _ in predictor.stream(batches, threshold, bucket):
+            pass
+    return run
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--num_batches", type=int, default=4, help="distinct batches per round")
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (median)")
     p.add_argument("--fractions", default="0,0.5,0.7,0.9,1", help="exit fractions to time")
     p.add_argument("--region_size", type=int, default=5)
     p.add_argument("--buckets", type=int, default=8,
                    help="focus bucket sizes: n = every multiple of B/n (one compilation each); "
                         "0 = the predictor's default B/8, B/4, B/2, B")
+    p.add_argument("--stream_repeat", type=int, default=2,
+                   help="the streaming rows run through the batches this many times per round")
+    p.add_argument("--stream_bucket", type=int, default=None,
+                   help="focus bucket of the streaming rows (default: the predictor's, half the "
+                        "per-device batch)")
     p.add_argument("--micro_batch", type=int, default=0,
                    help="run every stage (and DeiT) in slices of this many images per device "
                         "inside one compiled call; 0 = whole batches")
@@ -86,42 +116,57 @@ def main(argv=None):
     deit_apply = in_slices(lambda v, x: deit.apply(v, x)["logits"], args.micro_batch,
                            jax.device_count())
     deit_fn = jax.jit(lambda x: deit_apply(deit_vars, x))
-    t_deit = best_time(deit_fn, batches, args.rounds)
-
     predictor = EarlyExitPredictor(lfvit, lf_vars, args.batch, buckets=buckets, sharding=sharding,
                                    micro_batch=args.micro_batch)
     conf = np.concatenate([np.asarray(predictor(x, 1.0)["confidence"]) for x in batches])
-    t_masked = best_time(lambda x: predictor.masked(x, 0.5)["logits"], batches, args.rounds)
+
+    n = len(batches)
+    passes = {"deit": (over_batches(deit_fn, batches), n),
+              "masked": (over_batches(lambda x: predictor.masked(x, 0.5)["logits"], batches), n)}
+    etas = {}
+    for f in fractions:
+        # Exit is conf >= eta: the (1 - f) quantile lets a fraction f through.
+        name = f"{int(round(f * 100))}%"
+        etas[name] = eta = 0.0 if f >= 1 else (1.0 if f <= 0 else float(np.quantile(conf, 1 - f)))
+        passes[name] = (over_batches(lambda x, eta=eta: predictor(x, eta)["logits"], batches), n)
+        passes["stream " + name] = (over_stream(predictor, batches * args.stream_repeat, eta,
+                                                args.stream_bucket), n * args.stream_repeat)
+    t = median_times(passes, args.rounds)
 
     gf = flops.summary(lfvit)
     deit_gf = flops.summary(deit)["gflops"]
-    rows, lf_img_s, realised, flops_speedup = [], {}, {}, {}
-    for f in fractions:
-        # Exit is conf >= eta: the (1 - f) quantile lets a fraction f through.
-        eta = 0.0 if f >= 1 else (1.0 if f <= 0 else float(np.quantile(conf, 1 - f)))
-        frac = float((conf >= eta).mean())
-        t = best_time(lambda x: predictor(x, eta)["logits"], batches, args.rounds)
-        key_ = f"{int(round(f * 100))}%"
-        lf_img_s[key_] = args.batch / t
-        flops_speedup[key_] = deit_gf / (frac * gf["stage1_gflops"] + (1 - frac) * gf["stage12_gflops"])
-        realised[key_] = frac
-        rows.append((key_, frac, args.batch / t, t_deit / t, flops_speedup[key_]))
+    rows, lf_img_s, stream_img_s, realised, flops_speedup = [], {}, {}, {}, {}
+    for name, eta in etas.items():
+        frac = realised[name] = float((conf >= eta).mean())
+        flops_speedup[name] = deit_gf / (frac * gf["stage1_gflops"] +
+                                         (1 - frac) * gf["stage12_gflops"])
+        lf_img_s[name] = args.batch / t[name]
+        stream_img_s[name] = args.batch / t["stream " + name]
+        rows.append((name, frac, t["deit"], t[name], t["stream " + name], flops_speedup[name]))
+    t_deit, t_masked = t["deit"], t["masked"]
 
     device = f"{jax.devices()[0].device_kind} x{jax.device_count()}"
     print(f"device: {device}, batch {args.batch}, micro-batch {args.micro_batch or 'off'}, "
-          f"focus buckets {predictor.sizes}")
+          f"focus buckets {predictor.sizes}, streaming bucket "
+          f"{args.stream_bucket or predictor.stream_bucket} per device")
     print(f"DeiT-S 224:              {args.batch / t_deit:8.1f} img/s")
     print(f"LF-ViT masked (both):    {args.batch / t_masked:8.1f} img/s  "
           f"({t_deit / t_masked:.2f}x DeiT)")
-    print(f"{'exit':>6} {'realised':>8} {'img/s':>8} {'speedup':>8} {'FLOPs-pred':>10} {'of pred':>8}")
-    for name, frac, ips, sp, fsp in rows:
-        print(f"{name:>6} {frac:8.2f} {ips:8.1f} {sp:8.2f}x {fsp:9.2f}x {sp / fsp:8.0%}")
+    print(f"{'':15} {'compacted per batch':>28}   {'streaming buckets':>28}")
+    print(f"{'exit':>6} {'realised':>8} " + f"{'img/s':>8} {'speedup':>8} {'of pred':>8}   " * 2
+          + f"{'FLOPs-pred':>10}")
+    for name, frac, t_deit, t, t_stream, fsp in rows:
+        cells = "   ".join(f"{args.batch / t_:8.1f} {t_deit / t_:7.2f}x {t_deit / t_ / fsp:8.0%}"
+                           for t_ in (t, t_stream))
+        print(f"{name:>6} {frac:8.2f} {cells}   {fsp:9.2f}x")
     print(json.dumps({
         "device": device, "batch": args.batch, "micro_batch": args.micro_batch,
         "buckets": list(predictor.sizes),
         "deit_img_s": args.batch / t_deit, "lfvit_masked_img_s": args.batch / t_masked,
-        "lfvit_img_s": lf_img_s, "realised_exit_fraction": realised,
+        "lfvit_img_s": lf_img_s, "lfvit_stream_img_s": stream_img_s,
+        "realised_exit_fraction": realised,
         "speedup": {k: v / (args.batch / t_deit) for k, v in lf_img_s.items()},
+        "stream_speedup": {k: v / (args.batch / t_deit) for k, v in stream_img_s.items()},
         "flops_speedup": flops_speedup}))
 
 

@@ -5,6 +5,7 @@ as a pixel box of the model's input view, the refined coarse tokens) and `predic
 and localization logits, exited, region). Unreadable files are reported and skipped. With
 `overlays_dir`, one PNG per image shows the region and the refined tokens over the input view.
 """
+import collections
 import json
 import logging
 import os
@@ -96,7 +97,7 @@ def save_overlay(path, image, record, model, data_cfg):
 
 def predict(model, variables, inputs, data_cfg, out_dir, threshold, batch_size=32,
             sharding=None, progress=True, overlays_dir=None):
-    """Runs the compacted early-exit path over `inputs`; returns a summary dict. With
+    """Runs the compacted early-exit path, streaming, over `inputs`; returns a summary dict. With
     `overlays_dir`, writes one PNG per image (region, refined tokens, prediction)."""
     from tqdm import tqdm
 
@@ -106,33 +107,12 @@ def predict(model, variables, inputs, data_cfg, out_dir, threshold, batch_size=3
         os.makedirs(overlays_dir, exist_ok=True)
     predictor = EarlyExitPredictor(model, variables, batch_size, sharding=sharding)
     size = model.img_size
-    records, skipped, pending = [], [], []
+    records, skipped, in_flight = [], [], collections.deque()  # (name, image) per queued batch
     arrays = {"logits": [], "loc_logits": [], "exited": [], "region": []}
 
-    def flush():
-        batch = np.zeros((batch_size, size, size, 3), np.float32)
-        for k, (_, img) in enumerate(pending):
-            batch[k] = img
-        out = predictor(batch, threshold)
-        out = {k: np.asarray(out[k]) for k in ("logits", "loc_logits", "exited", "confidence",
-                                                  "region", "coarse_index")}
-        for k, (name, img) in enumerate(pending):
-            probs = _softmax(out["logits"][k])
-            records.append({
-                "file": name, "class": int(probs.argmax()), "confidence": float(probs.max()),
-                "stage": 1 if out["exited"][k] else 2,
-                "loc_class": int(out["loc_logits"][k].argmax()),
-                "loc_confidence": float(out["confidence"][k]),
-                "region_box": region_box(out["region"][k], model),
-                "kept_tokens": out["coarse_index"][k].tolist()})
-            for key in arrays:
-                arrays[key].append(out[key][k])
-            if overlays_dir:
-                save_overlay(os.path.join(overlays_dir, overlay_name(len(records) - 1, name)),
-                             img, records[-1], model, data_cfg)
-        pending.clear()
-
-    with tqdm(unit="img", disable=not progress, desc="predict") as bar:
+    def batches(bar):
+        """Full batches of the readable inputs (the last one padded), for the predictor's stream."""
+        pending = []
         for name, img, error in read_items(files, data_cfg, size):
             bar.update(1)
             if error:
@@ -141,9 +121,34 @@ def predict(model, variables, inputs, data_cfg, out_dir, threshold, batch_size=3
                 continue
             pending.append((name, img))
             if len(pending) == batch_size:
-                flush()
+                yield stack(pending)
+                pending = []
         if pending:
-            flush()
+            yield stack(pending)
+
+    def stack(pending):
+        in_flight.append(pending)
+        batch = np.zeros((batch_size, size, size, 3), np.float32)
+        batch[:len(pending)] = [img for _, img in pending]
+        return batch
+
+    with tqdm(unit="img", disable=not progress, desc="predict") as bar:
+        # The stream queues hard images across batches, so the focus stage runs on full buckets.
+        for out in predictor.stream(batches(bar), threshold):
+            for k, (name, img) in enumerate(in_flight.popleft()):
+                probs = _softmax(out["logits"][k])
+                records.append({
+                    "file": name, "class": int(probs.argmax()), "confidence": float(probs.max()),
+                    "stage": 1 if out["exited"][k] else 2,
+                    "loc_class": int(out["loc_logits"][k].argmax()),
+                    "loc_confidence": float(out["confidence"][k]),
+                    "region_box": region_box(out["region"][k], model),
+                    "kept_tokens": out["coarse_index"][k].tolist()})
+                for key in arrays:
+                    arrays[key].append(out[key][k])
+                if overlays_dir:
+                    save_overlay(os.path.join(overlays_dir, overlay_name(len(records) - 1, name)),
+                                 img, records[-1], model, data_cfg)
 
     with open(os.path.join(out_dir, "predictions.jsonl"), "w") as f:
         for r in records:

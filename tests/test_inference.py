@@ -99,3 +99,55 @@ def test_wrong_batch_size(setup):
         pred(images, 2.0)
     with pytest.raises(ValueError, match="multiple of micro_batch=5"):
         inference.EarlyExitPredictor(model, variables, BATCH, micro_batch=5)
+
+
+@pytest.mark.parametrize("sharded,micro_batch,bucket", [(False, 0, None), (False, 0, 3),
+                                                        (False, 4, 8), (True, 0, 1)])
+def test_stream_matches_per_batch_compaction(setup, sharded, micro_batch, bucket):
+    model, variables, _ = setup
+    sharding = NamedSharding(Mesh(np.array(jax.devices()), ("data",)), P("data")) if sharded else None
+    pred = inference.EarlyExitPredictor(model, variables, BATCH, sharding=sharding,
+                                        micro_batch=micro_batch)
+    batches = [jax.random.normal(jax.random.key(10 + i), (BATCH, 64, 64, 3)) for i in range(5)]
+    conf = np.concatenate([np.asarray(pred(x, 1.0)["confidence"]) for x in batches])
+    # Thresholds where every, no, most and few samples exit: buckets fill, stay empty, flush.
+    for eta in [0.0, 1.0, *np.quantile(conf, [0.2, 0.5, 0.9])]:
+        outs = list(pred.stream(batches, float(eta), bucket))
+        assert len(outs) == len(batches)
+        for x, out in zip(batches, outs):
+            ref = pred(x, float(eta))
+            np.testing.assert_array_equal(out["exited"], np.asarray(ref["exited"]))
+            for key in ("logits", "loc_logits", "confidence", "region", "coarse_index"):
+                # Other bucket shapes reorder XLA's float sums: about 1e-5 on logits of ~10.
+                np.testing.assert_allclose(out[key], np.asarray(ref[key]), rtol=1e-4, atol=1e-4,
+                                           err_msg=f"{key} at eta={eta}")
+    assert list(pred.stream([], 0.5)) == []
+
+
+def test_stream_yields_each_batch_once_its_hard_samples_are_done(setup, monkeypatch):
+    model, variables, _ = setup
+    chex.clear_trace_counter()
+    monkeypatch.setattr(inference, "_focus_rows", chex.assert_max_traces(inference._focus_rows, n=1))
+    pred = inference.EarlyExitPredictor(model, variables, BATCH)
+    batches = [jax.random.normal(jax.random.key(20 + i), (BATCH, 64, 64, 3)) for i in range(6)]
+    conf = np.concatenate([jax.nn.softmax(model.apply(variables, x)["loc_logits"]).max(-1)
+                           for x in batches])
+    read = []
+
+    def source():
+        for i, x in enumerate(batches):
+            read.append(i)
+            yield x
+    # Everything exits: each batch comes out once the next one is read (its localization runs
+    # meanwhile), the last one at the end.
+    for i, out in enumerate(pred.stream(source(), 0.0)):
+        assert read[-1] == min(i + 1, 5) and out["exited"].all()
+    # 7 hard samples in 6 batches with buckets of 8: nothing is ready until the end's flush,
+    # which uses the smallest bucket size that holds 7 (8, the same compilation).
+    eta = float(np.sort(conf)[7] - 1e-7)
+    read.clear()
+    for out in pred.stream(source(), eta):
+        assert read[-1] == 5
+    with pytest.raises(ValueError, match="bucket=17 must be in \\[1, 16\\]"):
+        pred.stream(batches, 0.5, bucket=17)
+    chex.clear_trace_counter()
