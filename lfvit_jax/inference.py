@@ -175,13 +175,14 @@ class EarlyExitPredictor:
                 waiting[number] -= 1
 
         def ready():
-            """Batches whose hard samples are all dispatched, oldest first, read back."""
+            """Reads back the dispatched focus calls (so their queue slots can be reused), then
+            yields the batches whose hard samples are all done, oldest first."""
+            for logits, taken in dispatched:
+                logits = np.asarray(logits)
+                for k, number, i in taken:
+                    focused[number][i] = logits[k]
+            dispatched.clear()
             while located and waiting[min(located)] == 0:
-                for logits, taken in dispatched:
-                    logits = np.asarray(logits)
-                    for k, number, i in taken:
-                        focused[number][i] = logits[k]
-                dispatched.clear()
                 number = min(located)
                 del waiting[number]
                 out = {k: np.asarray(v) for k, v in located.pop(number).items()}
