@@ -142,7 +142,7 @@ def main(argv=None):
                                          (1 - frac) * gf["stage12_gflops"])
         lf_img_s[name] = args.batch / t[name]
         stream_img_s[name] = args.batch / t["stream " + name]
-        rows.append((name, frac, t["deit"], t[name], t["stream " + name], flops_speedup[name]))
+        rows.append((name, frac, t[name], t["stream " + name], flops_speedup[name]))
     t_deit, t_masked = t["deit"], t["masked"]
 
     device = f"{jax.devices()[0].device_kind} x{jax.device_count()}"
@@ -155,9 +155,9 @@ def main(argv=None):
     print(f"{'':15} {'compacted per batch':>28}   {'streaming buckets':>28}")
     print(f"{'exit':>6} {'realised':>8} " + f"{'img/s':>8} {'speedup':>8} {'of pred':>8}   " * 2
           + f"{'FLOPs-pred':>10}")
-    for name, frac, t_deit, t, t_stream, fsp in rows:
+    for name, frac, t_batch, t_stream, fsp in rows:
         cells = "   ".join(f"{args.batch / t_:8.1f} {t_deit / t_:7.2f}x {t_deit / t_ / fsp:8.0%}"
-                           for t_ in (t, t_stream))
+                           for t_ in (t_batch, t_stream))
         print(f"{name:>6} {frac:8.2f} {cells}   {fsp:9.2f}x")
     print(json.dumps({
         "device": device, "batch": args.batch, "micro_batch": args.micro_batch,

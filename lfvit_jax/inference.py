@@ -139,10 +139,11 @@ class EarlyExitPredictor:
         on full buckets of `bucket` samples per device, so it computes padding only for the
         last, partial bucket (the smallest bucket size that holds it) and for devices that got
         fewer hard samples than the busiest. A batch is yielded once all of its hard samples are
-        done, which may take later batches, and at the earliest after the next batch is read,
-        so that the device computes while the caller handles the outputs. The default bucket, `stream_bucket`, is
-        half the per-device batch (rounded as `bucket_sizes` does): on a 2-core CPU at batch 32, the
-        focus stage ran 7-13% faster per image in buckets of 12-16 than of 24-32.
+        done, which may take later batches, and at the earliest after the next batch is read, so
+        that the device computes while the caller handles the outputs. The default bucket,
+        `stream_bucket`, is half the per-device batch (rounded as `bucket_sizes` does): on a
+        2-core CPU at batch 32 the focus stage ran 7-13% faster per image in buckets of 12-16
+        than of 24-32.
         """
         check_threshold(threshold)
         bucket = self.stream_bucket if bucket is None else bucket
@@ -215,6 +216,7 @@ class EarlyExitPredictor:
         if any(queues):
             run_focus(choose_bucket(max(map(len, queues)), flush_sizes))
         yield from ready()
+
 
 def in_slices(fn, micro_batch, devices=1):
     """fn(variables, batched, *rest) computed as a sequential loop over slices of `batched` (a
