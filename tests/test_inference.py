@@ -140,14 +140,21 @@ def test_stream_yields_each_batch_once_its_hard_samples_are_done(setup, monkeypa
             yield x
     # Everything exits: each batch comes out once the next one is read (its localization runs
     # meanwhile), the last one at the end.
+    outs = []
     for i, out in enumerate(pred.stream(source(), 0.0)):
         assert read[-1] == min(i + 1, 5) and out["exited"].all()
+        outs.append(out)
+    assert len(outs) == 6
     # 7 hard samples in 6 batches with buckets of 8: nothing is ready until the end's flush,
     # which uses the smallest bucket size that holds 7 (8, the same compilation).
-    eta = float(np.sort(conf)[7] - 1e-7)
+    conf = np.sort(conf)
+    eta = float((conf[6] + conf[7]) / 2)
     read.clear()
+    outs = []
     for out in pred.stream(source(), eta):
         assert read[-1] == 5
+        outs.append(out)
+    assert len(outs) == 6 and sum(int((~o["exited"]).sum()) for o in outs) == 7
     with pytest.raises(ValueError, match="bucket=17 must be in \\[1, 16\\]"):
         pred.stream(batches, 0.5, bucket=17)
     chex.clear_trace_counter()
