@@ -2,13 +2,15 @@
 import ml_collections
 
 from lfvit_jax import data
+from lfvit_jax.models import VARIANTS
 
 
 def deit_s_model(name, img_size, **extra):
-    """The DeiT-S backbone (width 384, depth 12, 6 heads, patch 16) as a `config.model`."""
+    """The DeiT-S backbone (`VARIANTS['S']`, MLP 4x, patch 16) as a `config.model`."""
+    width, depth, heads = VARIANTS["S"]
     return ml_collections.ConfigDict(dict(
-        name=name, num_classes=1000, img_size=img_size, patch=16, width=384, depth=12,
-        num_heads=6, mlp_dim=1536, drop_path=0.1, **extra))
+        name=name, num_classes=1000, img_size=img_size, patch=16, width=width, depth=depth,
+        num_heads=heads, mlp_dim=4 * width, drop_path=0.1, **extra))
 
 
 def deit_training(config, *, total_epochs=300, selection_start_epoch=231):
