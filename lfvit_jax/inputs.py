@@ -1,9 +1,11 @@
 """User inputs for prediction: image files, folders of them, and .npz arrays of images, turned into
-the model's evaluation view."""
+the model's evaluation view. Local paths or URLs (gs://)."""
+import io
 import os
 
 import numpy as np
 
+from lfvit_jax import storage
 from lfvit_jax.data import augment
 from lfvit_jax.data.pipeline import decode
 
@@ -14,13 +16,16 @@ def list_inputs(paths):
     """Expands folders (recursively, sorted) into image files; keeps files and .npz as given."""
     out = []
     for path in paths:
-        if os.path.isdir(path):
-            found = sorted(os.path.join(root, f) for root, _, files in os.walk(path)
-                           for f in files if f.lower().endswith(IMAGE_EXTENSIONS))
+        path = os.fspath(path)
+        folder = storage.path(path)
+        if folder.is_dir():
+            # Sorted by path below the folder, named as given (a relative path stays relative).
+            found = [f"{path.rstrip('/')}/{f}" for f in storage.files(folder)
+                     if f.lower().endswith(IMAGE_EXTENSIONS)]
             if not found:
                 raise ValueError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) under {path}.")
             out += found
-        elif os.path.exists(path):
+        elif folder.exists():
             out.append(path)
         else:
             raise ValueError(f"Input {path} does not exist.")
@@ -31,7 +36,7 @@ def read_items(paths, data_cfg, size):
     """Yields (name, image (S, S, 3) float32 or None, error message or None)."""
     for path in paths:
         if path.endswith(".npz"):
-            with np.load(path) as f:
+            with np.load(io.BytesIO(storage.path(path).read_bytes())) as f:
                 if "images" not in f.files:
                     yield path, None, "no 'images' array in the .npz"
                     continue
@@ -43,8 +48,7 @@ def read_items(paths, data_cfg, size):
             for i, img in enumerate(images.astype(np.float32)):
                 yield f"{path}[{i}]", img, None
             continue
-        with open(path, "rb") as fh:
-            data = fh.read()
+        data = storage.path(path).read_bytes()
         try:
             img = decode(data, path, on_corrupt="error")
         except ValueError as e:

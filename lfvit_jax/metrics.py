@@ -1,9 +1,17 @@
-"""TensorBoard event files (tensorboardX, no TensorFlow) and a JSON-lines log; process 0 writes."""
+"""TensorBoard event files (tensorboardX, no TensorFlow) and a JSON-lines log; process 0 writes.
+
+Both work in a bucket: tensorboardX uploads its event file on each flush, and a bucket's objects
+cannot be appended to, so there metrics.jsonl is rewritten whole at each write (it holds one
+line per logged step).
+"""
 import json
-import os
 import time
 
 import jax
+
+from lfvit_jax import storage
+
+METRICS_FILE = "metrics.jsonl"
 
 
 class Writer:
@@ -11,8 +19,13 @@ class Writer:
         self.enabled = jax.process_index() == 0
         if self.enabled:
             from tensorboardX import SummaryWriter
-            self._tb = SummaryWriter(logdir=workdir)
-            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+            self._tb = SummaryWriter(logdir=str(storage.path(workdir)))
+            self._path = storage.path(workdir) / METRICS_FILE
+            self._lines = self._jsonl = None  # the text so far (a bucket), or the open file
+            if storage.is_remote(workdir):
+                self._lines = self._path.read_text() if self._path.exists() else ""
+            else:
+                self._jsonl = self._path.open("a")
 
     def write(self, step, scalars):
         """Logs a flat dict of numbers at `step`."""
@@ -21,13 +34,19 @@ class Writer:
         scalars = {k: float(v) for k, v in scalars.items()}
         for key, value in scalars.items():
             self._tb.add_scalar(key, value, step)
-        self._jsonl.write(json.dumps({"step": int(step), **scalars}) + "\n")
-        self._jsonl.flush()
+        line = json.dumps({"step": int(step), **scalars}) + "\n"
+        if self._jsonl is None:
+            self._lines += line
+            self._path.write_text(self._lines)
+        else:
+            self._jsonl.write(line)
+            self._jsonl.flush()
 
     def close(self):
         if self.enabled:
             self._tb.close()
-            self._jsonl.close()
+            if self._jsonl is not None:
+                self._jsonl.close()
 
 
 class Progress:

@@ -4,6 +4,7 @@ PyTorch names map to Flax paths by rule: numbered children join their parent
 (`blocks.3.attn.qkv.weight` -> `blocks_3/attn/qkv/kernel`), Linear weights are transposed,
 conv weights go OIHW -> HWIO and LayerNorm `weight` becomes `scale`.
 """
+import io
 import json
 import logging
 import math
@@ -14,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from lfvit_jax import tasks
+from lfvit_jax import storage, tasks
 from lfvit_jax.models import VARIANTS
 
 log = logging.getLogger(__name__)
@@ -49,8 +50,9 @@ def to_flax(torch_name, array):
 
 def read_state_dict(path, allow_pickle=False):
     """A PyTorch-named state_dict as numpy arrays from .pth/.pt/.bin or .npz."""
+    path = os.fspath(path)
     if path.endswith(".npz"):
-        with np.load(path) as f:
+        with np.load(io.BytesIO(storage.path(path).read_bytes())) as f:
             sd = {k: f[k] for k in f.files}
     elif path.endswith((".pth", ".pt", ".bin")):
         try:
@@ -59,7 +61,8 @@ def read_state_dict(path, allow_pickle=False):
             raise ValueError(f"Reading {path} needs PyTorch (pip install torch), or convert it to "
                              ".npz of its state_dict arrays first.") from e
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
+            obj = torch.load(io.BytesIO(storage.path(path).read_bytes()), map_location="cpu",
+                             weights_only=not allow_pickle)
         except Exception as e:  # torch raises UnpicklingError subclasses that vary by version
             if allow_pickle:
                 raise
@@ -183,7 +186,7 @@ def load_pretrained(path, allow_pickle=False, **overrides):
     alpha, beta, gca_blocks, region_method, fusion, reuse_tokens, num_heads, drop_path, name).
     An override that contradicts the shapes is a ValueError.
     """
-    if os.path.isdir(path):
+    if storage.path(path).is_dir():
         return load_converted(path, **overrides)
     sd = read_state_dict(path, allow_pickle)
     cfg = infer_config(sd)
@@ -208,31 +211,29 @@ def load_pretrained(path, allow_pickle=False, **overrides):
 def save_converted(path, model, variables):
     """Writes the project's own format: an orbax params checkpoint plus model_config.json."""
     import orbax.checkpoint as ocp
-    path = os.path.abspath(path)
-    if os.path.exists(path):
+    path = storage.path(path)
+    if path.exists():
         raise ValueError(f"{path} exists; choose a new destination or delete it first.")
     ckptr = ocp.StandardCheckpointer()
-    ckptr.save(os.path.join(path, PARAMS_DIR), variables["params"])
+    ckptr.save(path / PARAMS_DIR, variables["params"])
     ckptr.wait_until_finished()
-    with open(os.path.join(path, CONFIG_FILE), "w") as f:
-        json.dump(tasks.for_model(model).model_config(), f, indent=1)
+    (path / CONFIG_FILE).write_text(json.dumps(tasks.for_model(model).model_config(), indent=1))
 
 
 def load_converted(path, **overrides):
     """Reads what `save_converted` wrote; overrides change non-shape settings (e.g. region_size)."""
     import orbax.checkpoint as ocp
-    path = os.path.abspath(path)
-    cfg_file = os.path.join(path, CONFIG_FILE)
-    if not os.path.exists(cfg_file):
+    path = storage.path(path)
+    cfg_file = path / CONFIG_FILE
+    if not cfg_file.exists():
         raise ValueError(f"{path} is not a converted checkpoint (no {CONFIG_FILE}); write one with "
                          "`python -m lfvit_jax.convert SRC DST`.")
-    with open(cfg_file) as f:
-        cfg = json.load(f)
+    cfg = json.loads(cfg_file.read_text())
     cfg.update(overrides)
     task = tasks.build(cfg)
     abstract = jax.eval_shape(task.init_params, jax.random.key(0))
     try:
-        params = ocp.StandardCheckpointer().restore(os.path.join(path, PARAMS_DIR), abstract)
+        params = ocp.StandardCheckpointer().restore(path / PARAMS_DIR, abstract)
     except Exception as e:  # orbax reports shape/structure problems with several exception types
         raise ValueError(f"Could not restore {path} into the model built from its config with "
                          f"overrides {overrides}: {e}") from e

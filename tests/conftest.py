@@ -10,3 +10,25 @@ import jax  # noqa: E402  (imported after XLA_FLAGS on purpose)
 
 # Parity with float32 references needs true float32 matmuls on every backend.
 jax.config.update("jax_default_matmul_precision", "highest")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def gcs():
+    """A GCS emulator with bucket `gcs.bucket`; the environment points every client at it for
+    this process and its subprocesses (`gcs.env`)."""
+    import gcs_emulator
+    emulator = gcs_emulator.Emulator()
+    saved = {k: os.environ.get(k) for k in emulator.env}
+    os.environ.update(emulator.env)
+    try:
+        yield emulator
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        emulator.stop()

@@ -7,7 +7,7 @@ from lfvit_jax.data import augment
 def _common(**overrides):
     cfg = dict(
         name="",
-        data_dir=None,  # None: $LFVIT_DATA_DIR, else ~/tensorflow_datasets
+        data_dir="",  # local or gs://; empty: $LFVIT_DATA_DIR, else ~/tensorflow_datasets
         image_key="image",
         label_key="label",
         image_size=224,

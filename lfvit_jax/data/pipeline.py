@@ -28,6 +28,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from lfvit_jax import storage
 from lfvit_jax.data import augment, cluttered_mnist, randaugment
 
 DATA_DIR_ENV = "LFVIT_DATA_DIR"
@@ -54,6 +55,10 @@ def prepared_builder(data_cfg):
     name, directory = data_cfg.name, data_dir(data_cfg)
     if name == "cluttered_mnist":
         builder = cluttered_mnist.ClutteredMnist(data_dir=directory, file_format="array_record")
+        if not builder.is_prepared() and storage.is_remote(directory):
+            raise FileNotFoundError(f"Dataset {name!r} is not prepared under {directory} (a "
+                                    "bucket is not built into on first use). Prepare it with: "
+                                    f"{_PREPARE} cluttered_mnist --data_dir {directory}")
         if not builder.is_prepared():
             try:
                 builder.download_and_prepare()

@@ -4,6 +4,12 @@
   python -m lfvit_jax.data.prepare folder ROOT --name NAME [--data_dir DIR] [--workers N]
   python -m lfvit_jax.data.prepare imagenet2012 --manual_dir DIR_WITH_TARS [--data_dir DIR]
   python -m lfvit_jax.data.prepare tfds NAME [--data_dir DIR]
+  python -m lfvit_jax.data.prepare copy NAME --source gs://BUCKET/data [--data_dir DIR]
+
+--data_dir may be a bucket (gs://...): the dataset is written on local disk first (a temporary
+folder, or --staging_dir to keep it and resume an interrupted conversion) and then uploaded.
+`copy` copies a prepared dataset (e.g. from the bucket to this host's disk); files already there
+with the right size are kept, so rerunning it is cheap.
 """
 import argparse
 import logging
@@ -11,6 +17,7 @@ import logging
 import ml_collections
 import tensorflow_datasets as tfds
 
+from lfvit_jax import storage
 from lfvit_jax.data import convert, pipeline
 
 
@@ -34,7 +41,11 @@ def main(argv=None):
         formatter_class=argparse.RawDescriptionHelpFormatter)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--data_dir", default=None,
-                        help="tfds data dir (default: $LFVIT_DATA_DIR, else ~/tensorflow_datasets)")
+                        help="tfds data dir, local or gs:// (default: $LFVIT_DATA_DIR, else "
+                             "~/tensorflow_datasets)")
+    common.add_argument("--staging_dir", default=None,
+                        help="with a gs:// --data_dir: the local folder to write into before "
+                             "uploading (default: a temporary one)")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("cluttered_mnist", parents=[common],
                    help="the embedded dataset (seconds, offline)")
@@ -63,10 +74,29 @@ def main(argv=None):
         "tfds", parents=[common], help="any tfds dataset by name, via its own builder (many "
         "builders need TensorFlow to generate; reading never does)")
     other.add_argument("name")
+    copy = sub.add_parser(
+        "copy", parents=[common], help="copy prepared dataset NAME (all versions) from --source "
+        "to --data_dir, e.g. from a bucket to local disk")
+    copy.add_argument("name")
+    copy.add_argument("--source", required=True, help="the tfds data dir that holds NAME")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     data_dir = _data_dir(args)
+    if args.command == "copy":
+        source = storage.path(args.source) / args.name
+        if not source.exists():
+            raise SystemExit(f"No dataset {args.name!r} under {args.source}.")
+        copied = storage.copy_tree(source, storage.path(data_dir) / args.name)
+        print(f"Copied {copied / 2**20:.1f} MiB of {source} to {data_dir}/{args.name}")
+    else:
+        with storage.staging(data_dir, args.staging_dir) as local:
+            prepare(args, local)
+        if storage.is_remote(data_dir):
+            print(f"Uploaded to {data_dir}")
 
+
+def prepare(args, data_dir):
+    """Runs the preparing command `args` into the local folder `data_dir`."""
     if args.command == "cluttered_mnist":
         cfg = ml_collections.ConfigDict({"name": "cluttered_mnist", "data_dir": data_dir})
         print(pipeline.prepared_builder(cfg).data_dir)
