@@ -5,14 +5,14 @@ Layout of a workdir: `checkpoints/<step>/{state,data}` (async, atomic, the last
 best focus-stage top-1 so far (picked on the evaluation split). The data item is grain's
 per-process iterator state, so a resumed run continues the exact example stream.
 """
-import os
 import signal
 
 import grain
 import jax
 import orbax.checkpoint as ocp
-from etils import epath
 from orbax.checkpoint.checkpoint_managers import preservation_policy
+
+from lfvit_jax import storage
 
 CHECKPOINTS_DIR = "checkpoints"
 BEST_DIR = "best"
@@ -20,8 +20,7 @@ BEST_DIR = "best"
 
 def as_path(directory):
     """An epath for orbax: local paths made absolute (orbax needs that), URLs (gs://) kept."""
-    directory = os.fspath(directory)
-    return epath.Path(directory if "://" in directory else os.path.abspath(directory))
+    return storage.path(directory)
 
 
 def manager(directory, keep=None, best=False, read_only=False):

@@ -14,6 +14,7 @@ import re
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 
@@ -38,8 +39,10 @@ class Emulator:
     def __init__(self, bucket=BUCKET):
         self.bucket, self.port = bucket, free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        # Its log goes to a file: a pipe nobody reads fills up and then blocks the server.
+        self.log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen([sys.executable, __file__, str(self.port), bucket],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                     stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.time() + 60
         while True:
             try:
@@ -48,8 +51,9 @@ class Emulator:
             except OSError:
                 if self.proc.poll() is not None or time.time() > deadline:
                     self.stop()
+                    self.log.seek(0)
                     raise RuntimeError("The GCS emulator did not start: "
-                                       + self.proc.stderr.read().decode(errors="replace"))
+                                       + self.log.read().decode(errors="replace"))
                 time.sleep(0.1)
         self.env = client_env(self.url)
 
@@ -57,6 +61,7 @@ class Emulator:
         if self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(timeout=10)
+        self.log.close()
 
 
 def serve(port, bucket):

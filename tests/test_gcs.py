@@ -1,0 +1,124 @@
+"""A run that lives in a bucket (a GCS emulator on 127.0.0.1): the dataset prepared into it,
+training into it, SIGKILL and an exact resume from it, eval and predict reading the run from it
+and writing there, and nothing written to local disk under a `gs:` folder."""
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from PIL import Image
+
+from lfvit_jax import storage
+from lfvit_jax.data import cluttered_mnist_config, eval_iterator
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(TESTS)
+
+
+@pytest.fixture(scope="module")
+def env(gcs, tmp_path_factory):
+    cache = tmp_path_factory.mktemp("jax_cache")
+    return dict(os.environ, **gcs.env, PYTHONPATH=os.pathsep.join([ROOT, TESTS]),
+                JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2",
+                JAX_COMPILATION_CACHE_DIR=str(cache),
+                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+
+
+@pytest.fixture(scope="module")
+def data(gcs, env):
+    """cluttered MNIST prepared straight into the bucket."""
+    url = f"gs://{gcs.bucket}/data"
+    out = subprocess.run([sys.executable, "-m", "lfvit_jax.data.prepare", "cluttered_mnist",
+                          "--data_dir", url], env=env, cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"Uploaded to {url}" in out.stdout
+    return url
+
+
+def launch(args, env, cwd, script=(os.path.join(ROOT, "main.py"),)):
+    return subprocess.Popen([sys.executable, *script, *args], env=env, cwd=cwd, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def finish(proc, timeout=400):
+    out, _ = proc.communicate(timeout=timeout)
+    return proc.returncode, out
+
+
+def state(url):
+    return ocp.tree.to_flat_dict(ocp.StandardCheckpointer().restore(storage.path(url)))
+
+
+def test_run_in_a_bucket(gcs, data, env, tmp_path):
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    bucket = f"gs://{gcs.bucket}"
+    flags = ["--config", os.path.join(ROOT, "configs/demo.py:runlocal"),
+             f"--config.data.data_dir={data}"]
+    rc, out = finish(launch(flags + ["--workdir", f"{bucket}/straight"], env, cwd))
+    assert rc == 0, out
+    # Killed between its checkpoints 4 and 8 (batches after the fifth come slowly).
+    killed = f"{bucket}/killed"
+    proc = launch(flags + ["--workdir", killed], env, cwd,
+                  script=(os.path.join(TESTS, "slow_main.py"), "5", "1.0"))
+    deadline = time.time() + 300
+    while not storage.path(f"{killed}/checkpoints/4/commit_success.txt").exists():
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[0]
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    assert finish(proc)[0] == -signal.SIGKILL
+    assert not storage.path(f"{killed}/checkpoints/8").exists()
+    rc, out = finish(launch(flags + ["--workdir", killed], env, cwd))
+    assert rc == 0, out
+    assert "start at step 4/8" in out, out
+    a, b = state(f"{bucket}/straight/checkpoints/8/state"), state(f"{killed}/checkpoints/8/state")
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=str(key))
+    trained = json.loads(storage.path(f"{killed}/eval_result.json").read_text())
+    lines = storage.path(f"{killed}/metrics.jsonl").read_text().splitlines()
+    assert [json.loads(l)["step"] for l in lines if "train/loss" in l] == [2, 4, 6, 8]
+    assert any(p.name.startswith("events.out.tfevents") for p in storage.path(killed).iterdir())
+
+    # eval and predict read the run from the bucket and write there.
+    rc, out = finish(launch(["--mode", "eval", "--workdir", killed], env, cwd))
+    assert rc == 0, out
+    (folder,) = [p for p in storage.path(killed).iterdir() if p.name.startswith("eval_step8_")]
+    assert json.loads((folder / "eval_result.json").read_text())["top1"] == trained["top1"]
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        buffer = io.BytesIO()
+        Image.fromarray(rng.integers(0, 255, (64, 64), np.uint8)).save(buffer, format="png")
+        storage.path(f"{bucket}/inputs/img{i}.png").write_bytes(buffer.getvalue())
+    rc, out = finish(launch(["--mode", "predict", "--workdir", killed, "--input",
+                             f"{bucket}/inputs", "--predict_batch_size", "4"], env, cwd))
+    assert rc == 0, out
+    rows = [json.loads(l) for l in
+            storage.path(f"{killed}/predictions_1/predictions.jsonl").read_text().splitlines()]
+    assert [r["file"] for r in rows] == [f"{bucket}/inputs/img{i}.png" for i in range(5)]
+    assert all(0 <= r["class"] < 10 for r in rows)
+    assert list(cwd.iterdir()) == []  # no ./gs:/... and nothing else on local disk
+
+
+def test_copy_a_prepared_dataset_to_local_disk(data, env, tmp_path):
+    local = tmp_path / "tfds"
+    out = subprocess.run([sys.executable, "-m", "lfvit_jax.data.prepare", "copy",
+                          "cluttered_mnist", "--source", data, "--data_dir", str(local)],
+                         env=env, cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    files = storage.files(f"{data}/cluttered_mnist")
+    assert files == storage.files(local / "cluttered_mnist") and len(files) == 4
+    batches = {}
+    for where in (data, str(local)):
+        cfg = cluttered_mnist_config()
+        cfg.data_dir = where
+        batches[where] = next(eval_iterator(cfg, 100, process_index=0, process_count=1))
+    for key in batches[data]:
+        np.testing.assert_array_equal(batches[data][key], batches[str(local)][key])
