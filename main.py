@@ -1,32 +1,46 @@
-"""Train or evaluate LF-ViT / DeiT from a config file.
+"""Train, evaluate or predict with LF-ViT / DeiT.
 
-  python main.py --config configs/demo.py --workdir workdirs/demo
-  python main.py --config configs/lfvit_deit_s.py:res=288,m=6 --workdir gs://bucket/run \
-      --config.batch_size=2048
-  python main.py --mode eval --config configs/demo.py --workdir workdirs/demo
-  python main.py --mode predict --config configs/demo.py --workdir workdirs/demo --input imgs/ \
-      --save_overlays workdirs/demo/overlays
+  python main.py --config configs/demo.py --workdir workdirs/demo                 # train + evaluate
+  python main.py --mode eval --workdir workdirs/demo                              # the run's config
+  python main.py --mode predict --workdir workdirs/demo --input imgs/ --save_overlays workdirs/ov
+  python main.py --mode predict --config configs/lfvit_deit_s.py:res=224,m=5 --workdir W \
+      --config.init_from=converted/lfvit_s224 --input imgs/                      # no dataset needed
 
-Several processes: Slurm tasks join automatically; on a TPU pod add --multiprocess; elsewhere
-pass --coordinator_address, --num_processes and --process_id.
+eval and predict load parameters only (the workdir's latest checkpoint, `--checkpoint best` or a
+step; else config.resume / config.init_from) and never open the training data. With a trained
+workdir they use its own config.json unless --config is given, and refuse a config whose model
+differs from the run's. Several processes: Slurm tasks join automatically; on a TPU pod add
+--multiprocess; elsewhere pass --coordinator_address, --num_processes and --process_id.
 """
+import json
+import sys
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from lfvit_jax import parallel, predict, train
+from lfvit_jax import evaluate, parallel, predict, train, workdir as rundir
 
-config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py:arg).",
+config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py:arg). For eval and "
+                                "predict with a trained workdir: default its config.json.",
                                 lock_config=True)
-flags.DEFINE_string("workdir", None, "Checkpoints, metrics and the final evaluation go here.")
+flags.DEFINE_string("workdir", None, "The run's folder: checkpoints, metrics and evaluations.")
 flags.DEFINE_enum("mode", "train", ["train", "eval", "predict"],
-                  "train (then evaluate), eval (threshold sweep of the latest checkpoint), or "
-                  "predict (classify --input files with early exit).")
+                  "train (then evaluate), eval (threshold sweep of a checkpoint, into "
+                  "WORKDIR/eval_step<S>_<tag>), or predict (classify --input files with early "
+                  "exit).")
+flags.DEFINE_string("checkpoint", "latest", "eval/predict: 'latest', 'best' (the best/ item, "
+                    "picked on the evaluation split) or a step number.")
 flags.DEFINE_multi_string("input", None, "predict: image files, folders of images, or .npz files "
                           "with a normalized 'images' array (N, S, S, 3).")
 flags.DEFINE_float("threshold", 0.76, "predict: exit after localization when its top softmax "
                    "probability is at least this.")
 flags.DEFINE_integer("predict_batch_size", 32, "predict: images per batch (a multiple of the "
                      "device count).")
+flags.DEFINE_string("output", None, "predict: folder for predictions.jsonl/.npz (default: a "
+                    "fresh WORKDIR/predictions_<n>).")
+flags.DEFINE_bool("overwrite", False, "predict: write into a non-empty --output.")
+flags.DEFINE_enum("save_logits", "final", predict.SAVE_LOGITS, "predict: 'final' logits, or "
+                  "'all' to run both stages on every image and also save its focus logits.")
 flags.DEFINE_string("save_overlays", None, "predict: also write one PNG per image to this "
                     "folder: the region and the refined tokens over the input, and the prediction.")
 flags.DEFINE_bool("multiprocess", False, "Call jax.distributed.initialize() and let JAX find the "
@@ -36,8 +50,21 @@ flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for mu
                     "that JAX does not detect by itself.")
 flags.DEFINE_integer("num_processes", None, "With --coordinator_address: number of processes.")
 flags.DEFINE_integer("process_id", None, "With --coordinator_address: this process's index.")
-flags.mark_flags_as_required(["config", "workdir"])
+flags.mark_flags_as_required(["workdir"])
 FLAGS = flags.FLAGS
+
+
+def resolve_config(mode, workdir):
+    """The config to run: --config, or for eval/predict the run's own config.json."""
+    given, own = FLAGS.config, rundir.read_config(workdir)
+    if given is None:
+        if mode == "train" or own is None:
+            raise app.UsageError(f"--config is needed ({workdir} holds no run with a "
+                                 "config.json to take it from).")
+        return own
+    if mode != "train":
+        rundir.check_same_model(given, workdir)
+    return given
 
 
 def main(argv):
@@ -46,14 +73,25 @@ def main(argv):
         logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     parallel.maybe_initialize_distributed(FLAGS.multiprocess, FLAGS.coordinator_address,
                                           FLAGS.num_processes, FLAGS.process_id)
-    if FLAGS.mode == "predict":
+    config = resolve_config(FLAGS.mode, FLAGS.workdir)
+    which = FLAGS.checkpoint
+    if FLAGS.mode == "train":
+        train.train_and_evaluate(config, FLAGS.workdir)
+    elif FLAGS.mode == "eval":
+        evaluate.evaluate_checkpoint(config, FLAGS.workdir, which)
+    else:
         if not FLAGS.input:
             raise app.UsageError("--mode=predict needs --input (files, folders or .npz).")
-        predict.predict_checkpoint(FLAGS.config, FLAGS.workdir, FLAGS.input, FLAGS.threshold,
-                                   FLAGS.predict_batch_size, overlays_dir=FLAGS.save_overlays)
-        return
-    modes = {"train": train.train_and_evaluate, "eval": train.evaluate_checkpoint}
-    modes[FLAGS.mode](FLAGS.config, FLAGS.workdir)
+        summary = predict.predict_checkpoint(
+            config, FLAGS.workdir, FLAGS.input, FLAGS.threshold, FLAGS.predict_batch_size,
+            FLAGS.output, FLAGS.overwrite, FLAGS.save_logits, FLAGS.save_overlays, which)
+        print(f"Predicted {summary['predicted']} of {summary['images']} images ("
+              f"{summary['skipped']} unreadable, {summary['nonfinite']} with non-finite "
+              f"outputs), {100 * summary['exited_fraction']:.1f}% exited after localization, "
+              f"{summary['img_per_sec']:.1f} img/s; results in {summary['out_dir']}")
+        print(json.dumps(summary), flush=True)
+        if summary["predicted"] == 0:
+            sys.exit("No image could be classified; see the reasons above.")
 
 
 if __name__ == "__main__":

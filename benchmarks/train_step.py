@@ -22,32 +22,18 @@ flags.DEFINE_integer("steps", 5, "Timed steps per model and phase (after one war
 FLAGS = flags.FLAGS
 
 
-class RandomData:
-    """Just enough of the data interface for `train.Setup`: sizes from the model config."""
-
-    def __init__(self, model_cfg, batch):
-        self.info = dict(num_classes=model_cfg.num_classes, image_size=model_cfg.img_size,
-                         train_examples=batch * 1000, eval_examples=batch)
-
-    def get_dataset_info(self, data_cfg):
-        del data_cfg
-        return self.info
-
-    @staticmethod
-    def to_global(batch, sharding):
-        return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
-
-
 def seconds_per_step(config, phase, batch, steps):
-    data = RandomData(config.model, batch)
+    """Random images and labels with the sizes of the model config: no dataset is read."""
     config.batch_size = config.eval_batch_size = batch
-    setup = train.Setup(config, data)
+    info = dict(num_classes=config.model.num_classes, image_size=config.model.img_size,
+                train_examples=batch * 1000, eval_examples=batch)
+    setup = train.Setup(config, info)
     state = setup.scratch_state()
     rng = np.random.default_rng(0)
     size, classes = config.model.img_size, config.model.num_classes
     host = {"image": rng.normal(size=(batch, size, size, 3)).astype(np.float32),
             "label": np.full((batch, classes), 1 / classes, np.float32)}
-    gbatch = data.to_global(host, parallel.batch_sharding(setup.mesh))
+    gbatch = parallel.to_global(host, parallel.batch_sharding(setup.mesh))
     step = setup.train_step(phase)
     state, values = step(state, gbatch)  # compile
     jax.block_until_ready(values)

@@ -1,7 +1,8 @@
-"""Orbax checkpoints of the train state and the data iterator; the resume order.
+"""Orbax checkpoints: the training state with its data iterator, and parameters alone.
 
-Layout of a workdir: `checkpoints/<step>/{state,data}` (async, atomic, keep-last-N) and
-`best/<step>/state` (the checkpoint with the best focus-stage top-1). The data item is grain's
+Layout of a workdir: `checkpoints/<step>/{state,data}` (async, atomic, the last
+`keep_checkpoints` kept) and `best/<step>/state` = {'params': the evaluated parameters} of the
+best focus-stage top-1 so far (picked on the evaluation split). The data item is grain's
 per-process iterator state, so a resumed run continues the exact example stream.
 """
 import os
@@ -10,15 +11,46 @@ import signal
 import grain
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
+from orbax.checkpoint.checkpoint_managers import preservation_policy
+
+CHECKPOINTS_DIR = "checkpoints"
+BEST_DIR = "best"
 
 
-def manager(directory, keep, best=False, read_only=False):
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, create=not read_only, read_only=read_only,
-        enable_async_checkpointing=True,
-        best_fn=(lambda metrics: metrics["top1"]) if best else None, best_mode="max",
-        keep_checkpoints_without_metrics=not best)
-    return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+def as_path(directory):
+    """An epath for orbax: local paths made absolute (orbax needs that), URLs (gs://) kept."""
+    directory = os.fspath(directory)
+    return epath.Path(directory if "://" in directory else os.path.abspath(directory))
+
+
+def manager(directory, keep=None, best=False, read_only=False):
+    """A manager that keeps the last `keep` steps (all when None), or with `best` the one step of
+    highest metrics['top1']; `read_only` for another run's folder."""
+    if best:
+        policy = preservation_policy.BestN(get_metric_fn=lambda m: m["top1"], n=1,
+                                           keep_checkpoints_without_metrics=False)
+    else:
+        policy = preservation_policy.LatestN(n=keep)
+    options = ocp.CheckpointManagerOptions(enable_async_checkpointing=True, read_only=read_only,
+                                           create=not read_only, preservation_policy=policy)
+    return ocp.CheckpointManager(as_path(directory), options=options)
+
+
+def reader(directory):
+    """A read-only manager (nothing is created or cleaned up: a read-only folder works) whose
+    'state' item can be restored in part and inspected without restoring."""
+    options = ocp.CheckpointManagerOptions(read_only=True, create=False)
+    return ocp.CheckpointManager(as_path(directory), options=options,
+                                 item_handlers={"state": ocp.PyTreeCheckpointHandler()})
+
+
+def steps(directory):
+    """The steps saved under `directory` (none when it does not exist)."""
+    if not as_path(directory).exists():
+        return []
+    with reader(directory) as mngr:
+        return list(mngr.all_steps())
 
 
 def abstract_with_shardings(abstract_state, shardings):
@@ -46,6 +78,41 @@ def restore(mngr, step, abstract_state, data_iter=None):
             f"or optimizer settings?): {e}\nUse a fresh --workdir, or the config that wrote it."
         ) from e
     return restored["state"]
+
+
+def restore_params(directory, step, target, keys=("ema", "params")):
+    """Restores only the parameters of a saved state: the first of `keys` it holds (so the EMA
+    parameters when the run kept them), into `target` (abstract arrays with shardings).
+    Returns (params, key). Shapes are checked first: a mismatch names the differing paths."""
+    with reader(directory) as mngr:
+        saved = mngr.item_metadata(step)["state"]
+        saved = getattr(saved, "tree", saved)
+        key = next((k for k in keys if k in saved), None)
+        if key is None:
+            raise ValueError(f"{directory}/{step} holds no parameters (no {' or '.join(keys)}).")
+        check_shapes(saved[key], target, f"{directory}/{step}")
+        restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding), target)
+        args = ocp.args.PyTreeRestore(item={key: target}, restore_args={key: restore_args},
+                                      partial_restore=True)
+        return mngr.restore(step, args=ocp.args.Composite(state=args))["state"][key], key
+
+
+def check_shapes(saved, target, where, show=5):
+    """A clear error when a saved parameter tree differs from the model's (paths and shapes,
+    the first few of each kind)."""
+    flat = lambda tree: {"/".join(map(str, k)): tuple(v.shape) for k, v in
+                         ocp.tree.to_flat_dict(tree).items()}
+    have, want = flat(saved), flat(target)
+    problems = [f"{label}: {names[:show]}{' ...' if len(names) > show else ''}"
+                for label, names in (
+                    ("missing", sorted(set(want) - set(have))),
+                    ("unexpected", sorted(set(have) - set(want))),
+                    ("shape", [f"{k} {have[k]} vs model {want[k]}" for k in sorted(want)
+                               if k in have and have[k] != want[k]])) if names]
+    if problems:
+        raise ValueError(f"The parameters in {where} do not fit the model of this config ("
+                         + "; ".join(problems) + "). Use the config that trained them (omit "
+                         "--config to use the run's config.json) or matching weights.")
 
 
 class PreemptionFlag:

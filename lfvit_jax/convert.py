@@ -1,42 +1,44 @@
 """Converts an official LF-ViT / CF-ViT checkpoint or a timm DeiT state_dict to the project's format.
 
-  python -m lfvit_jax.convert lfvit_deit_s_224.pth converted/lfvit_s224 --allow_pickle
-  python -m lfvit_jax.convert deit_small_patch16_224.pth converted/deit_s_init   # -> LF-ViT
-  python -m lfvit_jax.convert weights.npz converted/tiny --num_heads 3
+  python -m lfvit_jax.convert --src lfvit_deit_s_224.pth --dst converted/lfvit_s224 --allow_pickle
+  python -m lfvit_jax.convert --src deit_small_patch16_224.pth --dst converted/deit_s_init  # LF-ViT
+  python -m lfvit_jax.convert --src weights.npz --dst converted/tiny --num_heads 3
 
 The destination is an orbax checkpoint of the parameters plus model_config.json; load it with
 `lfvit_jax.load_pretrained(DST)` or `config.init_from`.
 """
-import argparse
-
 import jax
 import numpy as np
 
-from lfvit_jax.pretrained import load_pretrained, model_config, save_converted
+from lfvit_jax import tasks
+from lfvit_jax.pretrained import load_pretrained, save_converted
+
+OVERRIDES = ("name", "num_heads", "region_size", "img_size")
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("src", help=".pth/.pt state_dict or checkpoint, or .npz of state_dict arrays")
-    p.add_argument("dst", help="new directory for the converted checkpoint")
-    p.add_argument("--name", choices=["lfvit", "deit"], help="model to build (default: lfvit)")
-    p.add_argument("--num_heads", type=int, help="needed when the width is not DeiT Ti/S/B's")
-    p.add_argument("--region_size", type=int, help="region side m (not stored in the weights)")
-    p.add_argument("--img_size", type=int, help="resolution for a DeiT state_dict (resamples pos_embed)")
-    p.add_argument("--allow_pickle", action="store_true",
-                   help="read .pth files that hold Python objects besides tensors (trusted files only)")
-    return p.parse_args(argv)
-
-
-def main(argv=None):
-    args = parse_args(argv)
-    overrides = {k: v for k in ("name", "num_heads", "region_size", "img_size")
-                 if (v := getattr(args, k)) is not None}
-    model, variables = load_pretrained(args.src, allow_pickle=args.allow_pickle, **overrides)
+def convert(src, dst, allow_pickle=False, **overrides):
+    """Reads `src`, writes `dst`; returns the converted model's config."""
+    model, variables = load_pretrained(src, allow_pickle=allow_pickle, **overrides)
+    save_converted(dst, model, variables)
+    config = tasks.for_model(model).model_config()
     n = sum(np.size(x) for x in jax.tree_util.tree_leaves(variables))
-    save_converted(args.dst, model, variables)
-    print(f"Wrote {args.dst}: {n:,} parameters, config {model_config(model)}")
+    print(f"Wrote {dst}: {n:,} parameters, config {config}")
+    return config
 
 
 if __name__ == "__main__":
-    main()
+    from absl import app, flags
+
+    flags.DEFINE_string("src", None, ".pth/.pt state_dict or checkpoint, or .npz of state_dict "
+                        "arrays")
+    flags.DEFINE_string("dst", None, "new directory for the converted checkpoint")
+    flags.DEFINE_enum("name", None, ["lfvit", "deit"], "model to build (default: lfvit)")
+    flags.DEFINE_integer("num_heads", None, "needed when the width is not DeiT Ti/S/B's")
+    flags.DEFINE_integer("region_size", None, "region side m (not stored in the weights)")
+    flags.DEFINE_integer("img_size", None, "resolution for a DeiT state_dict (resamples pos_embed)")
+    flags.DEFINE_bool("allow_pickle", False, "read .pth files that hold Python objects besides "
+                      "tensors (trusted files only)")
+    flags.mark_flags_as_required(["src", "dst"])
+    FLAGS = flags.FLAGS
+    app.run(lambda argv: convert(FLAGS.src, FLAGS.dst, FLAGS.allow_pickle, **{
+        k: FLAGS[k].value for k in OVERRIDES if FLAGS[k].value is not None}))

@@ -8,7 +8,7 @@ its own) so a test can execute every notebook in seconds.
 import json
 import os
 
-from lfvit_jax import evaluate, train
+from lfvit_jax import evaluate, loading, reports, train
 from lfvit_jax.config_args import load_config
 
 WORKDIR_ENV = "LFVIT_DEMO_WORKDIR"
@@ -33,7 +33,7 @@ def workdir(fast=None):
 
 def is_finished(path):
     """True when `path` holds a completed run (train_and_evaluate wrote its final evaluation)."""
-    return os.path.exists(os.path.join(path, evaluate.RESULT_FILE))
+    return os.path.exists(os.path.join(path, reports.RESULT_FILE))
 
 
 def ensure_trained(cfg, path):
@@ -41,27 +41,24 @@ def ensure_trained(cfg, path):
     Returns the final evaluation summary."""
     if not is_finished(path):
         return train.train_and_evaluate(cfg, path)
-    with open(os.path.join(path, evaluate.RESULT_FILE)) as f:
+    with open(os.path.join(path, reports.RESULT_FILE)) as f:
         return json.load(f)
 
 
 def load(cfg, path):
     """(model, variables) of the workdir's latest checkpoint."""
-    setup, state, _ = train.restore_for_inference(cfg, path)
-    return setup.model, {"params": setup.eval_params(state)}
+    loaded = loading.load(cfg, path)
+    return loaded.task.model, {"params": loaded.params}
 
 
 def evaluate_split(cfg, path):
-    """Runs the workdir's checkpoint over the whole evaluation split (one process).
+    """Runs the workdir's checkpoint over the whole evaluation split.
 
-    Returns (model, arrays, summary, images): `predict`'s arrays, their summary, and every
-    evaluation image in the same order (padding included, as in the arrays).
+    Returns (task, arrays, summary, images): `evaluate.run`'s arrays, the task's summary of
+    them, and every evaluation image in the same order (padding included, as in the arrays).
     """
-    from lfvit_jax import data
-
-    setup, state, _ = train.restore_for_inference(cfg, path)
-    arrays, summary, images = train.run_eval(setup, state, data, preview=None)
-    return setup.model, arrays, summary, images
+    loaded, arrays, summary, images = evaluate.evaluate_weights(cfg, path, preview=None)
+    return loaded.task, arrays, summary, images
 
 
 def read_metrics(path):

@@ -1,20 +1,20 @@
 """The figures of the README and the notebooks, from a trained demo workdir.
 
   python main.py --config configs/demo.py --workdir workdirs/demo        # train (once)
-  python -m lfvit_jax.figures --workdir workdirs/demo --out docs/figures # regenerate every PNG
+  python -m lfvit_jax.figures --workdir workdirs/demo --out docs/figures \
+      --baseline workdirs/demo_baseline                                  # regenerate every PNG
 
 Writes overlays.png (the paper's Figure 6 on cluttered MNIST test canvases), budget_curve.png
-(Figure 4), stage_counts.png (Figure 7), easy_hard.png (images that exit early beside images that
-go to focus) and figures.json (the numbers behind them, with the localization rates).
+(Figure 4, with the baseline run's point when one is given), stage_counts.png (Figure 7),
+easy_hard.png (images that exit early beside images that go to focus) and figures.json (the
+numbers behind them, with the localization rates). Without --out they go to WORKDIR/figures.
 """
-import argparse
 import json
-import os
 
 import numpy as np
+from etils import epath
 
-from lfvit_jax import evaluate, plotting, sweep
-
+from lfvit_jax import plotting, reports, sweep
 
 
 def confidences(arrays):
@@ -39,39 +39,36 @@ def take(arrays, index):
     return {k: v[index] for k, v in arrays.items()}
 
 
-def localization_rates(model, arrays):
+def localization_rates(grid, arrays, summary):
     """Fractions of evaluation images whose NGCA region contains the object's centre
-    (`region_hit`), its whole box (`region_contains`), and whose box fits in any window at all
-    (`any_window_contains`, the best a region choice could do)."""
+    (`region_hit`) and its whole box (`region_contains`), from the summary, and whose box fits
+    in any window at all (`any_window_contains`, the best a region choice could do)."""
     mask = arrays["_mask"].astype(bool)
-    region, bbox = arrays["region"][mask], arrays["bbox"][mask]
-    grid = (model.h1, model.region_size, model.patch)
-    return {"region_hit": float(evaluate.region_hits(region, bbox, *grid).mean()),
-            "region_contains": float(evaluate.region_contains(region, bbox, *grid).mean()),
-            "any_window_contains": float(evaluate.any_window_contains(bbox, *grid).mean()),
-            "examples": int(mask.sum())}
+    return {"region_hit": summary["region_hit"], "region_contains": summary["region_contains"],
+            "any_window_contains": float(grid.any_window_contains(arrays["bbox"][mask]).mean()),
+            "examples": summary["examples"]}
 
 
-def split_overlays(model, arrays, images, data_cfg, index, threshold, ncols=4):
+def split_overlays(grid, arrays, images, data_cfg, index, threshold, ncols=4):
     """Region, refined tokens and the digit's box over the evaluation images `index`."""
     index = np.asarray(index)
-    return evaluate.overlays_figure(model, take(arrays, index), images[index], data_cfg,
-                                    threshold, ncols)
+    return reports.overlays_figure(grid, take(arrays, index), images[index], data_cfg,
+                                   threshold, ncols)
 
 
-def easy_and_hard(model, arrays, images, data_cfg, threshold, n=4):
+def easy_and_hard(grid, arrays, images, data_cfg, threshold, n=4):
     """Top row: the n most confident localizations (they exit at `threshold` when their
     confidence reaches it); bottom row: the n least confident, which go to the focus stage."""
     valid = np.flatnonzero(arrays["_mask"])
     order = valid[np.argsort(-arrays["loc_probs"][valid].max(axis=1), kind="stable")]
-    fig = split_overlays(model, arrays, images, data_cfg,
+    fig = split_overlays(grid, arrays, images, data_cfg,
                          np.concatenate([order[:n], order[-n:]]), threshold, ncols=n)
     fig.suptitle("top: most confident localizations (exit early); bottom: least confident "
                  "(go to focus)", fontsize=9)
     return fig
 
 
-def prediction_overlays(model, images, out, data_cfg, names):
+def prediction_overlays(grid, images, out, data_cfg, names):
     """Region and refined tokens over arbitrary images, from `model.apply(..., threshold)`'s
     outputs (loc_logits, focus_logits, confidence, exited, region, coarse_index)."""
     titles = []
@@ -79,62 +76,79 @@ def prediction_overlays(model, images, out, data_cfg, names):
         loc, focus = int(np.argmax(out["loc_logits"][i])), int(np.argmax(out["focus_logits"][i]))
         decision = "exits" if out["exited"][i] else f"focus -> {focus}"
         titles.append(f"{name}\nloc {loc} ({float(out['confidence'][i]):.2f}), {decision}")
-    region = np.asarray(out["region"])
     return plotting.overlays_figure(
         [plotting.to_display(x, data_cfg.mean, data_cfg.std) for x in np.asarray(images)],
-        evaluate.region_boxes(region, model.h1, model.region_size, model.patch),
-        plotting.fine_patches(np.asarray(out["coarse_index"]), model.h1), model.patch, titles)
+        grid.region_boxes(np.asarray(out["region"])),
+        grid.fine_children(np.asarray(out["coarse_index"])), grid.patch, titles)
 
 
-def write_all(model, arrays, images, data_cfg, out_dir, threshold, count=8):
-    """Every figure of the README into `out_dir`; returns the numbers behind them."""
-    os.makedirs(out_dir, exist_ok=True)
+def write_all(grid, arrays, summary, images, data_cfg, out_dir, threshold, baseline=None,
+              count=8):
+    """Every figure of the README into `out_dir` from one evaluation (its arrays and the task's
+    summary); `baseline` = (GFLOPs, top-1, label) adds a baseline run's point to the budget
+    curve. Returns the numbers behind the figures."""
+    out_dir = epath.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     mask = arrays["_mask"].astype(bool)
-    gflops = {k: v for k, v in evaluate.summarize(model, arrays, (threshold,)).items()
-              if k in ("stage1_gflops", "stage12_gflops", "deit_gflops")}
+    gflops = {k: summary[k] for k in ("stage1_gflops", "stage12_gflops", "deit_gflops")}
     sweep_args = (arrays["loc_probs"], arrays["focus_probs"], arrays["label"], mask, gflops,
                   gflops["deit_gflops"])
     curve = sweep.threshold_sweep(*sweep_args, thresholds=sweep_thresholds(arrays, 41))
     counts = sweep.threshold_sweep(*sweep_args, thresholds=sweep_thresholds(arrays, 11))
-    plotting.save_budget_curve(curve, os.path.join(out_dir, "budget_curve.png"),
-                               title="Demo LF-ViT: accuracy vs. budget")
-    plotting.save_stage_counts(counts, os.path.join(out_dir, "stage_counts.png"),
-                               title="Demo LF-ViT: which stage decides")
-    split_overlays(model, arrays, images, data_cfg, np.arange(count), threshold).savefig(
-        os.path.join(out_dir, "overlays.png"))
-    easy_and_hard(model, arrays, images, data_cfg, threshold).savefig(
-        os.path.join(out_dir, "easy_hard.png"))
-    numbers = {"threshold": threshold, **gflops, **localization_rates(model, arrays),
-               "loc_top1": float(np.mean(arrays["loc_probs"][mask].argmax(1)
-                                         == arrays["label"][mask])),
-               "focus_top1": float(np.mean(arrays["focus_probs"][mask].argmax(1)
-                                           == arrays["label"][mask])),
+    figures = {
+        "budget_curve.png": plotting.budget_curve_figure(
+            curve, baseline, title="Demo LF-ViT: accuracy vs. budget"),
+        "stage_counts.png": plotting.stage_counts_figure(
+            counts, title="Demo LF-ViT: which stage decides"),
+        "overlays.png": split_overlays(grid, arrays, images, data_cfg, np.arange(count),
+                                       threshold),
+        "easy_hard.png": easy_and_hard(grid, arrays, images, data_cfg, threshold)}
+    for name, fig in figures.items():
+        reports.save_figure(fig, out_dir / name)
+    numbers = {"threshold": threshold, **gflops, **localization_rates(grid, arrays, summary),
+               "loc_top1": summary["loc_top1"], "focus_top1": summary["focus_top1"],
                "sweep": counts}
-    with open(os.path.join(out_dir, "figures.json"), "w") as f:
-        json.dump(numbers, f, indent=1)
+    if baseline is not None:
+        numbers["baseline_gflops"], numbers["baseline_top1"] = baseline[:2]
+    (out_dir / "figures.json").write_text(json.dumps(numbers, indent=1))
     return numbers
 
 
-def main(argv=None):
-    from lfvit_jax import demo
-    from lfvit_jax.config_args import load_config
+def baseline_point(run_dir):
+    """(GFLOPs, top-1, label) of a finished baseline (DeiT) run, for the budget curve."""
+    result = reports.read_result(run_dir)
+    if "exit" in result:
+        raise ValueError(f"--baseline {run_dir} is an LF-ViT run; give a baseline (DeiT) run.")
+    return result["gflops"], result["top1"], "baseline ViT"
 
-    p = argparse.ArgumentParser(prog="python -m lfvit_jax.figures", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workdir", required=True, help="a finished demo run (main.py --workdir)")
-    p.add_argument("--out", default="docs/figures", help="folder for the PNGs and figures.json")
-    p.add_argument("--config", default="demo.py", help="the run's config (configs/ name or path)")
-    p.add_argument("--threshold", type=float, default=None,
-                   help="exit threshold eta named in the panel titles (default: the median "
-                        "localization confidence, where about half the images exit)")
-    args = p.parse_args(argv)
-    cfg = load_config(args.config)
-    model, arrays, _, images = demo.evaluate_split(cfg, args.workdir)
-    threshold = half_exit_threshold(arrays) if args.threshold is None else args.threshold
-    numbers = write_all(model, arrays, images, cfg.data, args.out, threshold)
+
+def main(workdir, out=None, threshold=None, baseline=None):
+    from lfvit_jax import demo, workdir as rundir
+
+    cfg = rundir.read_config(workdir)
+    if cfg is None:
+        raise ValueError(f"{workdir} holds no finished run (no config.json); train one with "
+                         "python main.py --config configs/demo.py --workdir ...")
+    task, arrays, summary, images = demo.evaluate_split(cfg, workdir)
+    threshold = half_exit_threshold(arrays) if threshold is None else threshold
+    numbers = write_all(task.grid, arrays, summary, images, cfg.data,
+                        out or epath.Path(workdir) / "figures", threshold,
+                        baseline_point(baseline) if baseline else None)
     numbers.pop("sweep")
     print(json.dumps(numbers))
 
 
 if __name__ == "__main__":
-    main()
+    from absl import app, flags
+
+    flags.DEFINE_string("workdir", None, "a finished demo run (main.py --workdir)")
+    flags.DEFINE_string("out", None, "folder for the PNGs and figures.json (default: "
+                        "WORKDIR/figures)")
+    flags.DEFINE_float("threshold", None, "exit threshold eta named in the panel titles "
+                       "(default: the median localization confidence, where about half the "
+                       "images exit)")
+    flags.DEFINE_string("baseline", None, "a finished baseline run (configs/demo.py:baseline): "
+                        "its point joins the budget curve")
+    flags.mark_flags_as_required(["workdir"])
+    FLAGS = flags.FLAGS
+    app.run(lambda argv: main(FLAGS.workdir, FLAGS.out, FLAGS.threshold, FLAGS.baseline))

@@ -16,7 +16,7 @@ import json
 import jax
 import jax.numpy as jnp
 
-from lfvit_jax.models import LFViT
+from lfvit_jax.models import DeiT
 
 
 def block_flops(n, width, mlp_dim):
@@ -38,17 +38,20 @@ def focus_tokens(model, mode="region"):
     return 1 + 4 * model.num_kept + (h1 * h1 - model.num_kept if model.reuse_tokens else 0)
 
 
-def flops_table(model, focus_mode="region"):
-    """[(stage, part, flops)] for one image. Stages: 'stage1', 'stage2' (LF-ViT) or 'deit'."""
+def deit_table(model):
+    """[(stage, part, flops)] for one image of a DeiT; stage 'deit'."""
     c, depth = model.width, model.depth
-    if not isinstance(model, LFViT):
-        n = (model.img_size // model.patch) ** 2
-        return [("deit", "patch embedding", _patch_embed(n, model)),
-                ("deit", f"{depth} blocks x {n + 1} tokens",
-                 depth * block_flops(n + 1, c, model.mlp_dim)),
-                ("deit", "final norm", 5 * (n + 1) * c),
-                ("deit", "head", c * model.num_classes)]
-    h1 = model.h1
+    n = (model.img_size // model.patch) ** 2
+    return [("deit", "patch embedding", _patch_embed(n, model)),
+            ("deit", f"{depth} blocks x {n + 1} tokens",
+             depth * block_flops(n + 1, c, model.mlp_dim)),
+            ("deit", "final norm", 5 * (n + 1) * c),
+            ("deit", "head", c * model.num_classes)]
+
+
+def lfvit_table(model, focus_mode="region"):
+    """[(stage, part, flops)] for one image of an LF-ViT; stages 'stage1' and 'stage2'."""
+    c, depth, h1 = model.width, model.depth, model.h1
     n1, n2 = 1 + h1 * h1, focus_tokens(model, focus_mode)
     rows = [("stage1", f"patch embedding ({model.img_size // 2}px)", _patch_embed(h1 * h1, model)),
             ("stage1", f"{depth} blocks x {n1} tokens", depth * block_flops(n1, c, model.mlp_dim)),
@@ -63,6 +66,14 @@ def flops_table(model, focus_mode="region"):
     return rows
 
 
+def gflops_by_stage(rows):
+    """{stage: GFLOPs} of a table."""
+    total = {}
+    for stage, _, f in rows:
+        total[stage] = total.get(stage, 0) + f
+    return {stage: f / 1e9 for stage, f in total.items()}
+
+
 def cls_only_skipped(n, width, mlp_dim):
     """Work of a last block and final norm over n tokens that a classifier does not need: every
     query, attention row, projection, MLP and norm but the class token's (keys and values of all
@@ -73,15 +84,17 @@ def cls_only_skipped(n, width, mlp_dim):
     return full - kept
 
 
-def skipped_work(model, focus_mode="region"):
+def deit_skipped(model):
+    """GFLOPs of the convention this DeiT does not run: its last block for the class token only."""
+    n = 1 + (model.img_size // model.patch) ** 2
+    return cls_only_skipped(n, model.width, model.mlp_dim) / 1e9
+
+
+def lfvit_skipped(model, focus_mode="region"):
     """GFLOPs of the release's convention that this implementation does not run. The classifying
-    pass (DeiT, LF-ViT's stage 2) runs its last block for the class token only; in region mode
-    stage 2 also embeds only the 4K selected patches and fuses only their K parents, with no
-    upsampling."""
+    pass (stage 2) runs its last block for the class token only; in region mode stage 2 also
+    embeds only the 4K selected patches and fuses only their K parents, with no upsampling."""
     c = model.width
-    if not isinstance(model, LFViT):
-        n = 1 + (model.img_size // model.patch) ** 2
-        return cls_only_skipped(n, c, model.mlp_dim) / 1e9
     skipped = cls_only_skipped(focus_tokens(model, focus_mode), c, model.mlp_dim)
     if focus_mode == "region":
         h1, k = model.h1, model.num_kept
@@ -91,16 +104,15 @@ def skipped_work(model, focus_mode="region"):
     return skipped / 1e9
 
 
-def summary(model, focus_mode="region"):
-    """GFLOPs per image: {'stage1_gflops', 'stage2_gflops', 'stage12_gflops'} or {'gflops'}."""
-    rows = flops_table(model, focus_mode)
-    total = {}
-    for stage, _, f in rows:
-        total[stage] = total.get(stage, 0) + f
-    if "deit" in total:
-        return {"gflops": total["deit"] / 1e9}
-    return {"stage1_gflops": total["stage1"] / 1e9, "stage2_gflops": total["stage2"] / 1e9,
-            "stage12_gflops": (total["stage1"] + total["stage2"]) / 1e9}
+def deit_summary(model):
+    return {"gflops": gflops_by_stage(deit_table(model))["deit"]}
+
+
+def lfvit_summary(model, focus_mode="region"):
+    """{'stage1_gflops', 'stage2_gflops', 'stage12_gflops'} per image."""
+    g = gflops_by_stage(lfvit_table(model, focus_mode))
+    return {"stage1_gflops": g["stage1"], "stage2_gflops": g["stage2"],
+            "stage12_gflops": g["stage1"] + g["stage2"]}
 
 
 def xla_gflops(model, method=None, **kwargs):
@@ -113,46 +125,50 @@ def xla_gflops(model, method=None, **kwargs):
 
 def deit_gflops(model):
     """GFLOPs of the plain DeiT with the same backbone at the full resolution: the baseline."""
-    from lfvit_jax.models import DeiT
     fields = {k: getattr(model, k) for k in ("num_classes", "width", "depth", "num_heads",
                                              "mlp_dim", "patch", "img_size")}
-    return summary(DeiT(**fields))["gflops"]
+    return deit_summary(DeiT(**fields))["gflops"]
 
 
-def report(model, focus_mode="region"):
-    """The readable table and the JSON summary with XLA's cross-check."""
-    lines = [f"{'stage':8} {'part':38} {'GFLOPs':>12}"]
-    for stage, part, f in flops_table(model, focus_mode):
-        lines.append(f"{stage:8} {part:38} {f / 1e9:12.6f}")
-    out = summary(model, focus_mode)
-    if isinstance(model, LFViT):
-        out.update(region_size=model.region_size, kept_tokens=model.num_kept,
-                   stage2_tokens=focus_tokens(model, focus_mode))
-        xla1 = xla_gflops(model, method=LFViT.localize)
-        xla12 = xla_gflops(model, focus=focus_mode)
-        out.update(xla_stage1_gflops=xla1, xla_stage12_gflops=xla12)
-        lines.append(f"{'total':8} {'stage 1':38} {out['stage1_gflops']:12.6f}   (XLA: {xla1:.6f})")
-        out["skipped_gflops"] = skipped_work(model, focus_mode)
-        lines.append(f"{'total':8} {'stage 1 + 2':38} {out['stage12_gflops']:12.6f}   "
-                     f"(XLA: {xla12:.6f}, includes the stage-2 head and elementwise ops)")
-        lines.append(f"Of the release's stage 2, {out['skipped_gflops']:.6f} GFLOPs are not run "
-                     "here: the last block runs for the class token only"
-                     + (", and only the selected patches are embedded and fused."
-                        if focus_mode == "region" else "."))
-    else:
-        out["xla_gflops"] = xla_gflops(model)
-        out["skipped_gflops"] = skipped_work(model)
-        lines.append(f"{'total':8} {'':38} {out['gflops']:12.6f}   (XLA: {out['xla_gflops']:.6f})")
-        lines.append(f"Not run here: {out['skipped_gflops']:.6f} GFLOPs of the last block, which "
-                     "runs for the class token only.")
+def _table_lines(rows):
+    return [f"{'stage':8} {'part':38} {'GFLOPs':>12}"] + [
+        f"{stage:8} {part:38} {f / 1e9:12.6f}" for stage, part, f in rows]
+
+
+def deit_report(model):
+    """The readable table and the JSON summary with XLA's cross-check, for a DeiT."""
+    lines = _table_lines(deit_table(model))
+    out = dict(deit_summary(model), xla_gflops=xla_gflops(model), skipped_gflops=deit_skipped(model))
+    lines.append(f"{'total':8} {'':38} {out['gflops']:12.6f}   (XLA: {out['xla_gflops']:.6f})")
+    lines.append(f"Not run here: {out['skipped_gflops']:.6f} GFLOPs of the last block, which "
+                 "runs for the class token only.")
+    return "\n".join(lines), out
+
+
+def lfvit_report(model, focus_mode="region"):
+    """The readable table and the JSON summary with XLA's cross-check, for an LF-ViT."""
+    lines = _table_lines(lfvit_table(model, focus_mode))
+    out = dict(lfvit_summary(model, focus_mode), region_size=model.region_size,
+               kept_tokens=model.num_kept, stage2_tokens=focus_tokens(model, focus_mode),
+               xla_stage1_gflops=xla_gflops(model, method=type(model).localize),
+               xla_stage12_gflops=xla_gflops(model, focus=focus_mode),
+               skipped_gflops=lfvit_skipped(model, focus_mode))
+    lines.append(f"{'total':8} {'stage 1':38} {out['stage1_gflops']:12.6f}   "
+                 f"(XLA: {out['xla_stage1_gflops']:.6f})")
+    lines.append(f"{'total':8} {'stage 1 + 2':38} {out['stage12_gflops']:12.6f}   "
+                 f"(XLA: {out['xla_stage12_gflops']:.6f}, includes the stage-2 head and "
+                 "elementwise ops)")
+    lines.append(f"Of the release's stage 2, {out['skipped_gflops']:.6f} GFLOPs are not run "
+                 "here: the last block runs for the class token only"
+                 + (", and only the selected patches are embedded and fused."
+                    if focus_mode == "region" else "."))
     return "\n".join(lines), out
 
 
 def main(argv):
     del argv
-    from lfvit_jax.models import build_model
-    model = build_model(_CONFIG.value.model)
-    table, out = report(model, _FOCUS.value)
+    from lfvit_jax import tasks
+    table, out = tasks.build(_CONFIG.value.model).flops_report(_FOCUS.value)
     print(table)
     print(json.dumps(out))
 

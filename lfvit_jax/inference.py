@@ -10,14 +10,13 @@ Three paths give the same predictions:
              the focus stage. Over several devices each device compacts its own share
              (shard_map), so no image moves between devices.
   streaming: compacted over a sequence of batches (`stream`): the hard samples queue up on the
-             device across batches and the focus stage runs on full buckets of one size.
+             device across batches (`exit_queue.FocusQueue` keeps the books) and the focus stage
+             runs on full buckets of one size.
 
-On CPU, XLA's matmuls slow down once a batch's activations fall out of cache: `micro_batch`
-runs both stages as a loop over slices of that many images inside one compiled call (on a
-2-core AVX2 machine, batch 32: LF-ViT at 70% exit 23.1 -> 27.8 img/s in slices of 4, DeiT-S
-7.8 -> 10.5 img/s in slices of 8; on a 2-core AVX-512 machine whole batches were faster).
+`micro_batch` runs both stages as a loop over slices of that many images inside one compiled
+call: XLA's CPU matmuls can slow down once a batch's activations leave the cache (README,
+Throughput). `SinglePassPredictor` serves a model without early exit (DeiT) the same way.
 """
-import collections
 import math
 from functools import partial
 
@@ -25,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lfvit_jax import parallel
+from lfvit_jax.exit_queue import FocusQueue
 from lfvit_jax.models.lfvit import LFViT, check_threshold, exit_decision
 
 DEFAULT_BUCKETS = (1 / 8, 1 / 4, 1 / 2, 1)
@@ -33,9 +34,6 @@ DEFAULT_BUCKETS = (1 / 8, 1 / 4, 1 / 2, 1)
 def bucket_sizes(batch_size, fractions=DEFAULT_BUCKETS, micro_batch=0):
     """Distinct bucket capacities: each fraction of the batch rounded up and, above `micro_batch`,
     to a multiple of it (so a bucket splits into whole slices); largest = the batch."""
-    if micro_batch and batch_size % micro_batch:
-        raise ValueError(f"Batch size {batch_size} (per device) must be a multiple of "
-                         f"micro_batch={micro_batch}.")
     sizes = set()
     for f in fractions:
         size = math.ceil(f * batch_size)
@@ -50,38 +48,81 @@ def choose_bucket(n, sizes):
     return next(s for s in sizes if s >= n)
 
 
-class EarlyExitPredictor:
-    """Runs LF-ViT with early exit on batches of a fixed size.
+class Predictor:
+    """Fixed-size batches of one model, optionally split over devices (`sharding`, a
+    NamedSharding over the batch axis) and run in slices of `micro_batch` images per device."""
 
-    predictor = EarlyExitPredictor(model, variables, batch_size=32)
-    out = predictor(images, threshold=0.76)          # compacted
-    out = predictor.masked(images, threshold=0.76)   # reference path
-
-    With `sharding` (a NamedSharding over the batch axis) the batch is split over devices. With
-    `micro_batch` > 0 every stage runs in slices of that many images (per device).
-    """
-
-    def __init__(self, model, variables, batch_size, buckets=DEFAULT_BUCKETS, sharding=None,
-                 micro_batch=0):
-        if not isinstance(model, LFViT):
-            raise ValueError("Early exit needs an LFViT model.")
+    def __init__(self, model, variables, batch_size, sharding=None, micro_batch=0):
         if micro_batch < 0:
             raise ValueError(f"micro_batch={micro_batch} must be >= 0 (0 = whole batches).")
         self.model, self.variables, self.batch_size = model, variables, batch_size
-        self.sharding = sharding
+        self.sharding, self.micro_batch = sharding, micro_batch
         self.devices = 1 if sharding is None else sharding.mesh.size
         if batch_size % self.devices:
             raise ValueError(f"Batch size {batch_size} must be a multiple of the "
                              f"{self.devices} devices.")
         self.local_batch = batch_size // self.devices
+        if micro_batch and self.local_batch % micro_batch:
+            raise ValueError(f"Batch size {self.local_batch} (per device) must be a multiple of "
+                             f"micro_batch={micro_batch}.")
+        self._slices = partial(in_slices, micro_batch=micro_batch, devices=self.devices)
+
+    def _put(self, images):
+        if images.shape[0] != self.batch_size:
+            raise ValueError(f"Expected a batch of {self.batch_size} images, got {images.shape[0]}; "
+                             "pad the last batch (and ignore the padded outputs).")
+        return images if self.sharding is None else jax.device_put(images, self.sharding)
+
+    def _per_device(self, index):
+        """(devices, n) local indices -> one (devices * n,) array, split over the devices."""
+        return jax.device_put(index.reshape(-1), self.sharding)
+
+
+class SinglePassPredictor(Predictor):
+    """A classifier without early exit behind the predictors' interface: one pass decides every
+    image (`exited` is all True, `loc_logits` and `logits` are its logits)."""
+
+    def __init__(self, model, variables, batch_size, sharding=None, micro_batch=0):
+        super().__init__(model, variables, batch_size, sharding, micro_batch)
+        self._apply = jax.jit(self._slices(partial(_classify, model)))
+
+    def __call__(self, images, threshold):
+        check_threshold(threshold)
+        return self._apply(self.variables, self._put(images))
+
+    masked = __call__
+
+    def stream(self, batches, threshold):
+        """Yields each batch's outputs as numpy, once the next batch has been dispatched."""
+        check_threshold(threshold)
+        pending = None
+        for images in batches:
+            out = self(images, threshold)
+            if pending is not None:
+                yield _to_host(pending)
+            pending = out
+        if pending is not None:
+            yield _to_host(pending)
+
+
+class EarlyExitPredictor(Predictor):
+    """Runs LF-ViT with early exit on batches of a fixed size.
+
+    predictor = EarlyExitPredictor(model, variables, batch_size=32)
+    out = predictor(images, threshold=0.76)          # compacted
+    out = predictor.masked(images, threshold=0.76)   # reference path
+    for out in predictor.stream(batches, 0.76): ...  # compacted across batches
+    """
+
+    def __init__(self, model, variables, batch_size, buckets=DEFAULT_BUCKETS, sharding=None,
+                 micro_batch=0):
+        super().__init__(model, variables, batch_size, sharding, micro_batch)
         # Bucket capacities per device; `sizes` are the whole batch's (times the device count).
         self.local_sizes = bucket_sizes(self.local_batch, buckets, micro_batch)
         self.sizes = tuple(s * self.devices for s in self.local_sizes)
         self.stream_bucket = bucket_sizes(self.local_batch, (0.5,), micro_batch)[0]  # per device
-        slices = partial(in_slices, micro_batch=micro_batch, devices=self.devices)
-        self._localize = jax.jit(slices(partial(_localize, model)))
-        self._masked = jax.jit(slices(partial(_masked, model)))
-        self.micro_batch = micro_batch
+        self._localize = jax.jit(self._slices(partial(_localize, model)))
+        self._masked = jax.jit(self._slices(partial(_masked, model)))
         focus_slices = partial(in_slices, micro_batch=micro_batch)
         focus = partial(_focus_bucket, model, focus_slices)
         rows = partial(_focus_rows, model, focus_slices)
@@ -96,40 +137,32 @@ class EarlyExitPredictor:
         self._focus_rows = jax.jit(rows)
         self._enqueue = jax.jit(enqueue, donate_argnums=0)  # the queue is updated in place
 
-    def _put(self, images):
-        if images.shape[0] != self.batch_size:
-            raise ValueError(f"Expected a batch of {self.batch_size} images, got {images.shape[0]}; "
-                             "pad the last batch (and ignore the padded outputs).")
-        return images if self.sharding is None else jax.device_put(images, self.sharding)
-
-    def _per_device(self, index):
-        """(devices, n) local indices -> one (devices * n,) array, split over the devices."""
-        return jax.device_put(index.reshape(-1), self.sharding)
-
     def masked(self, images, threshold):
         check_threshold(threshold)
         return self._masked(self.variables, self._put(images), jnp.float32(threshold))
+
+    def _hard(self, outputs):
+        """(devices, local batch) bool: the samples that did not exit, on the host."""
+        return ~_host(outputs["exited"]).reshape(self.devices, self.local_batch)
 
     def __call__(self, images, threshold):
         """Dict with logits, exited, confidence, loc_logits, gca, region, coarse_index,
         fine_index, and `bucket`: the focus batch size used (0 when every sample exited)."""
         check_threshold(threshold)
         images = self._put(images)
-        loc = self._localize(self.variables, images, jnp.float32(threshold))
-        hard = [np.flatnonzero(~row) for row in
-                np.asarray(loc["exited"]).reshape(self.devices, self.local_batch)]
-        public = {k: v for k, v in loc.items() if not k.startswith("_")}
-        most = max(h.size for h in hard)
+        loc, outputs = self._localize(self.variables, images, jnp.float32(threshold))
+        hard = self._hard(outputs)
+        most = int(hard.sum(axis=1).max())
         if most == 0:
-            return dict(public, logits=loc["loc_logits"], bucket=0)
+            return dict(outputs, logits=outputs["loc_logits"], bucket=0)
         size = choose_bucket(most, self.local_sizes)
         # Row d: device d's own hard samples (local indices). Padding slots point past the
         # device's share: gathers clip them, the scatter drops them.
         index = np.full((self.devices, size), self.local_batch, np.int32)
         for row, h in zip(index, hard):
-            row[:h.size] = h
+            row[:h.sum()] = np.flatnonzero(h)
         logits = self._focus(self.variables, images, loc, self._per_device(index))
-        return dict(public, logits=logits, bucket=size * self.devices)
+        return dict(outputs, logits=logits, bucket=size * self.devices)
 
     def stream(self, batches, threshold, bucket=None):
         """Early exit over an iterable of batches: yields each batch's outputs in order, as
@@ -141,9 +174,7 @@ class EarlyExitPredictor:
         fewer hard samples than the busiest. A batch is yielded once all of its hard samples are
         done, which may take later batches, and at the earliest after the next batch is read, so
         that the device computes while the caller handles the outputs. The default bucket,
-        `stream_bucket`, is half the per-device batch (rounded as `bucket_sizes` does): on a
-        2-core CPU at batch 32 the focus stage ran 7-13% faster per image in buckets of 12-16
-        than of 24-32.
+        `stream_bucket`, is half the per-device batch (rounded as `bucket_sizes` does).
         """
         check_threshold(threshold)
         bucket = self.stream_bucket if bucket is None else bucket
@@ -154,68 +185,56 @@ class EarlyExitPredictor:
         return self._stream(batches, threshold, bucket)
 
     def _stream(self, batches, threshold, cap):
+        # A ring of a queue below `cap` plus one batch's hard samples per device: no slot is
+        # reused before its focus call was read back (`_finished` runs before each enqueue).
+        queue = FocusQueue(self.devices, self.local_batch + cap)
         flush_sizes = tuple(s for s in self.local_sizes if s < cap) + (cap,)
-        ring = self.local_batch + cap  # a queue below cap plus one batch's hard samples
-        queues = [collections.deque() for _ in range(self.devices)]  # (slot, batch, row)
-        heads = [0] * self.devices
-        # By batch number: localization outputs (on device), hard samples not yet dispatched,
-        # focus logits read back. `dispatched`: focus calls not yet read back.
-        located, waiting, focused, dispatched = {}, {}, collections.defaultdict(dict), []
-        buffer = None
-
-        def run_focus(size):
-            index = np.full((self.devices, size), ring, np.int32)  # padding: clipped, ignored
-            taken = []
-            for d, (row, queue) in enumerate(zip(index, queues)):
-                take = [queue.popleft() for _ in range(min(size, len(queue)))]
-                row[:len(take)] = [slot for slot, _, _ in take]
-                taken.append([(d * size + k, number, i) for k, (_, number, i) in enumerate(take)])
-            dispatched.append((self._focus_rows(self.variables, buffer, self._per_device(index)),
-                               [t for device in taken for t in device]))
-            for _, number, _ in dispatched[-1][1]:
-                waiting[number] -= 1
-
-        def ready():
-            """Reads back the dispatched focus calls (so their queue slots can be reused), then
-            yields the batches whose hard samples are all done, oldest first."""
-            for logits, taken in dispatched:
-                logits = np.asarray(logits)
-                for k, number, i in taken:
-                    focused[number][i] = logits[k]
-            dispatched.clear()
-            while located and waiting[min(located)] == 0:
-                number = min(located)
-                del waiting[number]
-                out = {k: np.asarray(v) for k, v in located.pop(number).items()}
-                out["logits"] = out["loc_logits"].copy()
-                for i, logits in focused.pop(number, {}).items():
-                    out["logits"][i] = logits
-                yield out
-
+        located, dispatched, ring = {}, [], None  # outputs by batch; (logits, taken) in flight
         for number, images in enumerate(batches):
             images = self._put(images)
-            loc = self._localize(self.variables, images, jnp.float32(threshold))
+            loc, outputs = self._localize(self.variables, images, jnp.float32(threshold))
             # Finished batches go out while this batch's localization runs.
-            yield from ready()
-            located[number] = {k: v for k, v in loc.items() if not k.startswith("_")}
-            hard = ~np.asarray(loc["exited"]).reshape(self.devices, self.local_batch)
-            slots = np.full((self.devices, self.local_batch), ring, np.int32)  # ring: dropped
-            for d in range(self.devices):
-                for i in np.flatnonzero(hard[d]):
-                    slots[d, i] = heads[d]
-                    queues[d].append((heads[d], number, d * self.local_batch + i))
-                    heads[d] = (heads[d] + 1) % ring
-            waiting[number] = int(hard.sum())
-            rows = _focus_inputs(images, loc)
-            if buffer is None:
-                buffer = jax.device_put({k: np.zeros((self.devices * ring,) + v.shape[1:], v.dtype)
-                                         for k, v in rows.items()}, self.sharding)
-            buffer = self._enqueue(buffer, rows, self._per_device(slots))
-            while max(map(len, queues)) >= cap:
-                run_focus(cap)
-        if any(queues):
-            run_focus(choose_bucket(max(map(len, queues)), flush_sizes))
-        yield from ready()
+            yield from _finished(queue, located, dispatched)
+            located[number] = outputs
+            slots = queue.add(number, self._hard(outputs))
+            entry = {"images": images, "loc": loc}
+            if ring is None:
+                ring = jax.device_put(jax.tree.map(
+                    lambda v: np.zeros((self.devices * queue.slots,) + v.shape[1:], v.dtype),
+                    entry), self.sharding)
+            ring = self._enqueue(ring, entry, self._per_device(slots))
+            while queue.longest() >= cap:
+                dispatched.append(self._dispatch(ring, queue.take(cap)))
+        if queue.longest():
+            size = choose_bucket(queue.longest(), flush_sizes)
+            dispatched.append(self._dispatch(ring, queue.take(size)))
+        yield from _finished(queue, located, dispatched)
+
+    def _dispatch(self, ring, bucket):
+        index, taken = bucket
+        return self._focus_rows(self.variables, ring, self._per_device(index)), taken
+
+
+def _finished(queue, located, dispatched):
+    """Reads back the dispatched focus calls into the queue's books, then yields the outputs
+    (numpy) of the batches that are complete, their focus logits filled in."""
+    for logits, taken in dispatched:
+        queue.finish(taken, _host(logits))
+    dispatched.clear()
+    for number, focused in queue.complete():
+        out = _to_host(located.pop(number))
+        out["logits"] = out["loc_logits"].copy()
+        for i, logits in focused.items():
+            out["logits"][i] = logits
+        yield out
+
+
+def _host(x):
+    return parallel.host_array(x)
+
+
+def _to_host(outputs):
+    return {k: _host(v) for k, v in outputs.items()}
 
 
 def in_slices(fn, micro_batch, devices=1):
@@ -245,37 +264,37 @@ def in_slices(fn, micro_batch, devices=1):
 
 
 def _localize(model, variables, images, threshold):
+    """(the Localization, its public outputs with the exit decision)."""
     loc = model.apply(variables, images, defer=True, method=LFViT.localize)
-    confidence, exited = exit_decision(loc["loc_logits"], threshold)
-    return dict(loc, exited=exited, confidence=confidence)
-
-
-def _focus_inputs(images, loc):
-    """Per sample, what the focus stage reads: the images and the localization's selection."""
-    return dict({k: v for k, v in loc.items() if k.startswith("_") or k in ("fine_index",
-                                                                            "coarse_index")},
-                images=images)
+    confidence, exited = exit_decision(loc.loc_logits, threshold)
+    return loc, dict(loc.outputs(), exited=exited, confidence=confidence)
 
 
 def _focus_rows(model, slices, variables, rows, index):
-    """Focus logits of rows[index] (a dict of `_focus_inputs`); indices past the end are clipped."""
-    rows = {k: jnp.take(v, index, axis=0, mode="clip") for k, v in rows.items()}
-    images = rows.pop("images")
+    """Focus logits of rows[index] of {'images', 'loc'}; indices past the end are clipped."""
+    rows = jax.tree.map(lambda v: jnp.take(v, index, axis=0, mode="clip"), rows)
     return slices(lambda v, b: model.apply(v, b["images"], b["loc"], method=LFViT.focus))(
-        variables, {"images": images, "loc": rows})
+        variables, rows)
 
 
 def _focus_bucket(model, slices, variables, images, loc, index):
     """Focus stage on images[index], scattered into the localization logits (per device under
     shard_map: indices are local)."""
-    focus = _focus_rows(model, slices, variables, _focus_inputs(images, loc), index)
-    return loc["loc_logits"].at[index].set(focus.astype(loc["loc_logits"].dtype), mode="drop")
+    focus = _focus_rows(model, slices, variables, {"images": images, "loc": loc}, index)
+    return loc.loc_logits.at[index].set(focus.astype(loc.loc_logits.dtype), mode="drop")
 
 
-def _enqueue(queue, rows, slots):
-    """Writes row i of `rows` into queue slot slots[i]; slots past the end drop the row."""
-    return {k: q.at[slots].set(rows[k], mode="drop") for k, q in queue.items()}
+def _enqueue(ring, rows, slots):
+    """Writes row i of `rows` into ring slot slots[i]; slots past the end drop the row."""
+    return jax.tree.map(lambda q, r: q.at[slots].set(r, mode="drop"), ring, rows)
 
 
 def _masked(model, variables, images, threshold):
     return model.apply(variables, images, threshold=threshold)
+
+
+def _classify(model, variables, images):
+    logits = model.apply(variables, images)["logits"]
+    confidence = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).max(axis=-1)
+    return {"logits": logits, "loc_logits": logits, "confidence": confidence,
+            "exited": jnp.ones(logits.shape[:1], bool)}

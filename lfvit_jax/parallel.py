@@ -80,6 +80,20 @@ def state_shardings(abstract_state, mesh, mode):
     return jax.tree.map(leaf, abstract_state)
 
 
+def to_global(batch, sharding):
+    """Process-local numpy batch -> global jax.Arrays sharded along the leading axis."""
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
+
+
+def host_array(x):
+    """A jax.Array as one numpy array on this host, gathered from the other processes when they
+    hold parts of it."""
+    if getattr(x, "is_fully_addressable", True):
+        return np.asarray(x)
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
 def put_global(tree, shardings):
     """Host arrays (identical on every process) -> global jax.Arrays with the given shardings."""
     def put(x, s):

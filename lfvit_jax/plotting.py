@@ -28,15 +28,6 @@ def to_display(image, mean, std):
     return np.clip(x, 0.0, 1.0)
 
 
-def fine_patches(coarse_index, h1):
-    """Fine-grid (2 h1 x 2 h1) indices of the 4 children of each refined coarse token."""
-    coarse_index = np.asarray(coarse_index)
-    r, c = coarse_index // h1, coarse_index % h1
-    top_left = 2 * r * (2 * h1) + 2 * c
-    return np.concatenate([top_left, top_left + 1, top_left + 2 * h1, top_left + 2 * h1 + 1],
-                          axis=-1)
-
-
 def kept_mask(kept_fine_patches, grid):
     """(grid, grid) bool: True where the fine patch was refined."""
     mask = np.zeros(grid * grid, bool)
@@ -123,12 +114,12 @@ def budget_curve(ax, rows, baseline=None, label="LF-ViT", annotate=6):
     return line
 
 
-def save_budget_curve(rows, path, baseline=None, title="LF-ViT accuracy vs. budget"):
+def budget_curve_figure(rows, baseline=None, title="LF-ViT accuracy vs. budget"):
     fig = new_figure(5, 3.6)
     ax = fig.add_subplot()
     budget_curve(ax, rows, baseline)
     ax.set_title(title)
-    fig.savefig(path)
+    return fig
 
 
 def stage_counts(ax, rows):
@@ -148,12 +139,12 @@ def stage_counts(ax, rows):
     return bars
 
 
-def save_stage_counts(rows, path, title="Which stage decides"):
+def stage_counts_figure(rows, title="Which stage decides"):
     fig = new_figure(5.5, 3.6)
     ax = fig.add_subplot()
     stage_counts(ax, rows)
     ax.set_title(title)
-    fig.savefig(path)
+    return fig
 
 
 def training_curves(records, title="Training"):

@@ -1,79 +1,29 @@
-"""Batch prediction with early exit: image files, folders of them, or an .npz of images.
+"""Batch prediction with early exit: image files, folders of them, or .npz arrays of images.
 
-Writes `predictions.jsonl` (one line per image: class, confidence, the deciding stage, the region
-as a pixel box of the model's input view, the refined coarse tokens) and `predictions.npz` (final
-and localization logits, exited, region). Unreadable files are reported and skipped. With
-`overlays_dir`, one PNG per image shows the region and the refined tokens over the input view.
+Writes into its output folder `predictions.jsonl` (one strict-JSON line per image: file, class and
+its name when known, confidence, the deciding stage, the localization stage's class and
+confidence, the region as a pixel box of the model's input view and the refined coarse tokens,
+both null for a model without regions) and `predictions.npz` (final and localization logits,
+exited, region; with save_logits='all' also every image's focus logits, both stages then run on
+every image). Unreadable files are reported and skipped; images whose outputs are not finite get
+an "error" instead of a class. With `overlays_dir`, one PNG per image shows the region and the
+refined tokens over the input view.
 """
 import collections
+import io
 import json
 import logging
 import os
+import time
 
+import jax
 import numpy as np
+from etils import epath
 
-from lfvit_jax import evaluate, plotting
-from lfvit_jax.data import augment
-from lfvit_jax.data.pipeline import decode
-from lfvit_jax.inference import EarlyExitPredictor
+from lfvit_jax import loading, parallel, plotting, reports, tasks, workdir as rundir
+from lfvit_jax.inputs import list_inputs, read_items
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
-
-
-def list_inputs(paths):
-    """Expands folders (recursively, sorted) into image files; keeps files and .npz as given."""
-    out = []
-    for path in paths:
-        if os.path.isdir(path):
-            found = sorted(os.path.join(root, f) for root, _, files in os.walk(path)
-                           for f in files if f.lower().endswith(IMAGE_EXTENSIONS))
-            if not found:
-                raise ValueError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) under {path}.")
-            out += found
-        elif os.path.exists(path):
-            out.append(path)
-        else:
-            raise ValueError(f"Input {path} does not exist.")
-    return out
-
-
-def read_items(paths, data_cfg, size):
-    """Yields (name, image (S, S, 3) float32 or None, error message or None)."""
-    for path in paths:
-        if path.endswith(".npz"):
-            with np.load(path) as f:
-                if "images" not in f.files:
-                    yield path, None, "no 'images' array in the .npz"
-                    continue
-                images = f["images"]
-            if images.ndim != 4 or images.shape[1:] != (size, size, 3):
-                yield path, None, (f"'images' has shape {images.shape}; expected (N, {size}, "
-                                   f"{size}, 3), normalized float32")
-                continue
-            for i, img in enumerate(images.astype(np.float32)):
-                yield f"{path}[{i}]", img, None
-            continue
-        with open(path, "rb") as fh:
-            data = fh.read()
-        try:
-            img = decode(data, path, on_corrupt="error")
-        except ValueError as e:
-            yield path, None, f"unreadable image: {e.__cause__}"
-            continue
-        yield path, preprocess(img, data_cfg, size), None
-
-
-def preprocess(img, data_cfg, size):
-    """PIL image -> the evaluation view: (size, size, 3) float32, normalized as in training."""
-    img, _ = augment.resize_center_crop(img, size, data_cfg.crop_pct, data_cfg.interpolation)
-    x = augment.normalize(img, data_cfg.mean, data_cfg.std)
-    return np.broadcast_to(x, (size, size, 3)).astype(np.float32)
-
-
-def region_box(region, model):
-    """Window index -> [ymin, xmin, ymax, xmax] pixels of the full-resolution input, max exclusive."""
-    return evaluate.region_boxes(np.asarray(region), model.h1, model.region_size,
-                                 model.patch).tolist()
+SAVE_LOGITS = ("final", "all")
 
 
 def overlay_name(index, name):
@@ -85,33 +35,62 @@ def overlay_name(index, name):
     return f"{index:05d}_{stem}.png"
 
 
-def save_overlay(path, image, record, model, data_cfg):
+def save_overlay(path, image, record, grid, data_cfg):
     fig = plotting.new_figure(3, 3.3)
-    kept = plotting.fine_patches(np.asarray(record["kept_tokens"]), model.h1)
     title = (f"class {record['class']} ({record['confidence']:.2f}), stage {record['stage']}\n"
              f"localization {record['loc_class']} ({record['loc_confidence']:.2f})")
-    plotting.draw_region_and_tokens(fig.add_subplot(), plotting.to_display(
-        image, data_cfg.mean, data_cfg.std), record["region_box"], kept, model.patch, title)
-    fig.savefig(path)
+    plotting.draw_region_and_tokens(
+        fig.add_subplot(), plotting.to_display(image, data_cfg.mean, data_cfg.std),
+        record["region_box"], grid.fine_children(np.asarray(record["kept_tokens"])), grid.patch,
+        title)
+    reports.save_figure(fig, path)
+
+
+def _softmax(x):
+    e = np.exp(x - x.max())
+    return e / e.sum()
+
+
+def _record(name, out, k, grid, class_names):
+    """One image's line of predictions.jsonl."""
+    logits = out["logits"][k]
+    if not (np.isfinite(logits).all() and np.isfinite(out["loc_logits"][k]).all()):
+        return {"file": name, "class": None, "error": "the model's outputs are not finite (NaN "
+                "or inf): check that the input is a normalized image and the weights are intact"}
+    probs = _softmax(logits.astype(np.float64))
+    record = {"file": name, "class": int(probs.argmax())}
+    if class_names is not None:
+        record["class_name"] = class_names[record["class"]]
+    region = grid is not None
+    record.update(confidence=float(probs.max()), stage=1 if out["exited"][k] else 2,
+                  loc_class=int(out["loc_logits"][k].argmax()),
+                  loc_confidence=float(out["confidence"][k]),
+                  region_box=grid.region_boxes(out["region"][k]).tolist() if region else None,
+                  kept_tokens=out["coarse_index"][k].tolist() if region else None)
+    return record
 
 
 def predict(model, variables, inputs, data_cfg, out_dir, threshold, batch_size=32,
-            sharding=None, progress=True, overlays_dir=None):
-    """Runs the compacted early-exit path, streaming, over `inputs`; returns a summary dict. With
-    `overlays_dir`, writes one PNG per image (region, refined tokens, prediction)."""
+            sharding=None, progress=True, overlays_dir=None, save_logits="final",
+            class_names=None):
+    """Classifies `inputs` (streaming early exit; both stages on every image with
+    save_logits='all'), writes the files above into `out_dir` and returns a summary dict."""
     from tqdm import tqdm
 
+    if save_logits not in SAVE_LOGITS:
+        raise ValueError(f"save_logits={save_logits!r} is not one of {SAVE_LOGITS}.")
+    task = tasks.for_model(model)
     files = list_inputs(inputs)
-    os.makedirs(out_dir, exist_ok=True)
+    predictor = task.predictor(variables, batch_size, sharding)
     if overlays_dir:
-        os.makedirs(overlays_dir, exist_ok=True)
-    predictor = EarlyExitPredictor(model, variables, batch_size, sharding=sharding)
-    size = model.img_size
+        epath.Path(overlays_dir).mkdir(parents=True, exist_ok=True)
+    size, grid = model.img_size, task.grid
     records, skipped, in_flight = [], [], collections.deque()  # (name, image) per queued batch
-    arrays = {"logits": [], "loc_logits": [], "exited": [], "region": []}
+    arrays = collections.defaultdict(list)
+    start = time.perf_counter()
 
     def batches(bar):
-        """Full batches of the readable inputs (the last one padded), for the predictor's stream."""
+        """Full batches of the readable inputs (the last one padded)."""
         pending = []
         for name, img, error in read_items(files, data_cfg, size):
             bar.update(1)
@@ -132,57 +111,68 @@ def predict(model, variables, inputs, data_cfg, out_dir, threshold, batch_size=3
         batch[:len(pending)] = [img for _, img in pending]
         return batch
 
-    with tqdm(unit="img", disable=not progress, desc="predict") as bar:
-        # The stream queues hard images across batches, so the focus stage runs on full buckets.
-        for out in predictor.stream(batches(bar), threshold):
-            for k, (name, img) in enumerate(in_flight.popleft()):
-                probs = _softmax(out["logits"][k])
-                records.append({
-                    "file": name, "class": int(probs.argmax()), "confidence": float(probs.max()),
-                    "stage": 1 if out["exited"][k] else 2,
-                    "loc_class": int(out["loc_logits"][k].argmax()),
-                    "loc_confidence": float(out["confidence"][k]),
-                    "region_box": region_box(out["region"][k], model),
-                    "kept_tokens": out["coarse_index"][k].tolist()})
-                for key in arrays:
-                    arrays[key].append(out[key][k])
-                if overlays_dir:
-                    save_overlay(os.path.join(overlays_dir, overlay_name(len(records) - 1, name)),
-                                 img, records[-1], model, data_cfg)
+    def outputs(batches):
+        if save_logits == "final":  # hard images queue across batches: full focus buckets
+            return predictor.stream(batches, threshold)
+        return ({k: parallel.host_array(v) for k, v in predictor.masked(x, threshold).items()}
+                for x in batches)
 
-    with open(os.path.join(out_dir, "predictions.jsonl"), "w") as f:
-        for r in records:
-            f.write(json.dumps(r) + "\n")
-    np.savez(os.path.join(out_dir, "predictions.npz"), files=np.array([r["file"] for r in records]),
-             **{k: np.array(v) for k, v in arrays.items()})
-    summary = {"predicted": len(records), "skipped": len(skipped),
-               "exited_fraction": float(np.mean([r["stage"] == 1 for r in records])) if records else 0.0,
-               "threshold": threshold, "out_dir": out_dir}
+    with tqdm(unit="img", disable=not progress, desc="predict") as bar:
+        for out in outputs(batches(bar)):
+            for k, (name, img) in enumerate(in_flight.popleft()):
+                records.append(_record(name, out, k, grid, class_names))
+                for key in ("logits", "loc_logits", "focus_logits", "exited", "region"):
+                    if key in out:
+                        arrays[key].append(out[key][k])
+                if overlays_dir and grid is not None and "error" not in records[-1]:
+                    save_overlay(epath.Path(overlays_dir) / overlay_name(len(records) - 1, name),
+                                 img, records[-1], grid, data_cfg)
+    seconds = time.perf_counter() - start
+    classified = [r for r in records if "error" not in r]
+    summary = {"images": len(files), "predicted": len(classified), "skipped": len(skipped),
+               "nonfinite": len(records) - len(classified),
+               "exited_fraction": (float(np.mean([r["stage"] == 1 for r in classified]))
+                                   if classified else 0.0),
+               "img_per_sec": len(records) / seconds if seconds > 0 else 0.0,
+               "threshold": threshold, "out_dir": os.fspath(out_dir)}
+    if jax.process_index() == 0:
+        _write(out_dir, records, arrays, overlays_dir)
     if overlays_dir:
-        summary["overlays_dir"] = overlays_dir
+        summary["overlays_dir"] = os.fspath(overlays_dir)
     if skipped:
         summary["skipped_files"] = skipped
     return summary
 
 
-def _softmax(x):
-    e = np.exp(x - x.max())
-    return e / e.sum()
+def _write(out_dir, records, arrays, overlays_dir):
+    out_dir = epath.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "predictions.jsonl").write_text(
+        "".join(json.dumps(r, allow_nan=False) + "\n" for r in records))
+    buffer = io.BytesIO()
+    np.savez(buffer, files=np.array([r["file"] for r in records]),
+             **{k: np.array(v) for k, v in arrays.items()})
+    (out_dir / "predictions.npz").write_bytes(buffer.getvalue())
 
 
-def predict_checkpoint(config, workdir, inputs, threshold, batch_size, out_dir=None,
-                       overlays_dir=None):
-    """`main.py --mode=predict`: the workdir's checkpoint (or config.resume / init_from)."""
-    import jax
+def predict_checkpoint(config, workdir, inputs, threshold, batch_size, output=None,
+                       overwrite=False, save_logits="final", overlays_dir=None, which="latest"):
+    """`main.py --mode=predict`: the weights `loading.load` finds (no dataset is opened: classes
+    and image size come from the config, checked against the weights). Writes into `output`, by
+    default a fresh folder under the workdir; an existing non-empty one only with `overwrite`."""
+    from lfvit_jax.data import class_names
 
-    from lfvit_jax import parallel, train
-
-    setup, state, origin = train.restore_for_inference(config, workdir)
-    out_dir = out_dir or os.path.join(workdir, "predictions")
-    print(f"Predicting with {origin}", flush=True)
-    summary = predict(setup.model, {"params": setup.eval_params(state)}, inputs, config.data,
-                      out_dir, threshold, batch_size, sharding=parallel.batch_sharding(setup.mesh),
-                      progress=jax.process_index() == 0,
-                      overlays_dir=overlays_dir if jax.process_index() == 0 else None)
-    print(json.dumps(summary), flush=True)
-    return summary
+    mesh = parallel.make_mesh()
+    loaded = loading.load(config, workdir, which, mesh)
+    out_dir = epath.Path(output) if output else rundir.fresh_dir(workdir)
+    rundir.check_output(out_dir, overwrite)
+    if jax.process_index() == 0:
+        print(f"Predicting with {loaded.origin} into {out_dir}", flush=True)
+    names = class_names(config.data)
+    if names is not None and len(names) != loaded.task.model.num_classes:
+        names = None  # the dataset's names do not describe this head
+    return predict(loaded.task.model, {"params": loaded.params}, inputs, config.data, out_dir,
+                   threshold, batch_size, sharding=parallel.batch_sharding(mesh),
+                   progress=jax.process_index() == 0,
+                   overlays_dir=overlays_dir if jax.process_index() == 0 else None,
+                   save_logits=save_logits, class_names=names)

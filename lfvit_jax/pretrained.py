@@ -14,7 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from lfvit_jax.models import VARIANTS, build_model
+from lfvit_jax import tasks
+from lfvit_jax.models import VARIANTS
 
 log = logging.getLogger(__name__)
 
@@ -121,12 +122,11 @@ def resample_pos_embed(pos_embed, side):
     return np.concatenate([cls, np.asarray(grid).reshape(1, side * side, c)], axis=1)
 
 
-def _from_deit(sd, model):
+def deit_into_lfvit(sd, h1):
     """timm DeiT names -> LF-ViT names: the single pos_embed serves the fine grid and is resampled
     for the coarse grid; the reuse block has no counterpart and keeps its fresh initialisation."""
     sd = dict(sd)
     pos = sd.pop("pos_embed")
-    h1 = model.h1
     if pos.shape[1] != 1 + 4 * h1 * h1:
         pos = resample_pos_embed(pos, 2 * h1)
     sd["pos_embed_list.1"] = pos
@@ -198,31 +198,11 @@ def load_pretrained(path, allow_pickle=False, **overrides):
     if "num_heads" not in cfg:
         raise ValueError(f"Cannot infer num_heads from width {cfg['width']} (not a DeiT Ti/S/B "
                          "width); pass num_heads=... .")
-    model = build_model(cfg)
-    dummy = jnp.zeros((1, model.img_size, model.img_size, 3), jnp.float32)
-    allow_missing = ()
-    fresh = None
-    if cfg["name"] == "lfvit" and not model.fusion and any(k.startswith("reuse_block.") for k in sd):
-        log.warning("fusion=False: the checkpoint's reuse block is not used.")
-        sd = {k: v for k, v in sd.items() if not k.startswith("reuse_block.")}
-    if is_deit_sd and cfg["name"] == "lfvit":
-        sd = _from_deit(sd, model)
-        allow_missing = ("reuse_block_",)
-        fresh = jax.jit(model.init)(jax.random.key(0), dummy)["params"]
-        abstract = fresh
-    else:
-        abstract = jax.eval_shape(model.init, jax.random.key(0), dummy)["params"]
-    params = assign(sd, abstract, fresh, allow_missing)
-    return model, {"params": params}
-
-
-def model_config(model):
-    """The constructor arguments of a model, JSON-ready."""
-    fields = {k: getattr(model, k) for k in model.__dataclass_fields__
-              if k not in ("parent", "name")}
-    if fields.get("gca_blocks") is not None:
-        fields["gca_blocks"] = list(fields["gca_blocks"])
-    return {"name": "lfvit" if hasattr(model, "region_size") else "deit", **fields}
+    task = tasks.build(cfg)
+    sd, fresh_prefixes = task.adapt_state_dict(sd)
+    fresh = jax.jit(task.init_params)(jax.random.key(0)) if fresh_prefixes else None
+    abstract = fresh or jax.eval_shape(task.init_params, jax.random.key(0))
+    return task.model, {"params": assign(sd, abstract, fresh, fresh_prefixes)}
 
 
 def save_converted(path, model, variables):
@@ -235,7 +215,7 @@ def save_converted(path, model, variables):
     ckptr.save(os.path.join(path, PARAMS_DIR), variables["params"])
     ckptr.wait_until_finished()
     with open(os.path.join(path, CONFIG_FILE), "w") as f:
-        json.dump(model_config(model), f, indent=1)
+        json.dump(tasks.for_model(model).model_config(), f, indent=1)
 
 
 def load_converted(path, **overrides):
@@ -249,12 +229,11 @@ def load_converted(path, **overrides):
     with open(cfg_file) as f:
         cfg = json.load(f)
     cfg.update(overrides)
-    model = build_model(cfg)
-    dummy = jnp.zeros((1, model.img_size, model.img_size, 3), jnp.float32)
-    abstract = jax.eval_shape(model.init, jax.random.key(0), dummy)["params"]
+    task = tasks.build(cfg)
+    abstract = jax.eval_shape(task.init_params, jax.random.key(0))
     try:
         params = ocp.StandardCheckpointer().restore(os.path.join(path, PARAMS_DIR), abstract)
     except Exception as e:  # orbax reports shape/structure problems with several exception types
         raise ValueError(f"Could not restore {path} into the model built from its config with "
                          f"overrides {overrides}: {e}") from e
-    return model, {"params": params}
+    return task.model, {"params": params}

@@ -2,13 +2,15 @@
 import ml_collections
 
 from lfvit_jax import data
+from lfvit_jax.models import VARIANTS
 
 
 def deit_s_model(name, img_size, **extra):
-    """The DeiT-S backbone (width 384, depth 12, 6 heads, patch 16) as a `config.model`."""
+    """The DeiT-S backbone (`VARIANTS['S']`, MLP 4x, patch 16) as a `config.model`."""
+    width, depth, heads = VARIANTS["S"]
     return ml_collections.ConfigDict(dict(
-        name=name, num_classes=1000, img_size=img_size, patch=16, width=384, depth=12,
-        num_heads=6, mlp_dim=1536, drop_path=0.1, **extra))
+        name=name, num_classes=1000, img_size=img_size, patch=16, width=width, depth=depth,
+        num_heads=heads, mlp_dim=4 * width, drop_path=0.1, **extra))
 
 
 def deit_training(config, *, total_epochs=300, selection_start_epoch=231):
@@ -48,7 +50,7 @@ def runlocal(config):
     config.data = data.cluttered_mnist_config()
     config.model.update(num_classes=10, img_size=64, patch=8, width=32, depth=2, num_heads=2,
                         mlp_dim=64)
-    if config.model.name == "lfvit":
+    if "region_size" in config.model:  # a model with regions: fit them to the tiny grid
         config.model.update(region_size=2, gca_blocks=(0, 1))
     config.update(batch_size=16, eval_batch_size=100, total_steps=8, log_every_steps=2,
                   checkpoint_every_steps=4, compute_dtype="float32")

@@ -1,6 +1,6 @@
 """Global class attention, region choice (NGCA and the paper's ablations) and top-K token selection.
 
-Everything is static-shape jnp code: grid side h1, region side m and K are Python ints, so one
+Everything is static-shape jnp code: the grid (`geometry.Grid`) and K are Python constants, so one
 compilation serves every batch. Ties go to the lowest index (window index for the region, coarse
 index inside the window), matching a stable descending sort.
 """
@@ -29,46 +29,47 @@ def gca_from_attention(cls_rows, beta):
     return g.mean(axis=1)[:, 1:]
 
 
-def window_scores(gca, h1, m):
+def window_scores(gca, grid):
     """Sum of gca over every m x m window, stride 1: (B, nw * nw), row-major over corners."""
-    grid = gca.reshape(-1, h1, h1)
-    sums = jax.lax.reduce_window(grid, 0.0, jax.lax.add, (1, m, m), (1, 1, 1), "VALID")
-    return sums.reshape(grid.shape[0], -1)
+    m = grid.m
+    values = gca.reshape(-1, grid.h1, grid.h1)
+    sums = jax.lax.reduce_window(values, 0.0, jax.lax.add, (1, m, m), (1, 1, 1), "VALID")
+    return sums.reshape(values.shape[0], -1)
 
 
-def _window_around(token, h1, m):
+def _window_around(token, grid):
     """Index of the window that puts coarse token `token` nearest its centre, kept on the grid."""
-    nw = h1 - m + 1
-    r, c = token // h1, token % h1
-    i = jnp.clip(r - (m - 1) // 2, 0, nw - 1)
-    j = jnp.clip(c - (m - 1) // 2, 0, nw - 1)
-    return i * nw + j
+    last = grid.windows_per_side - 1
+    shift = (grid.m - 1) // 2
+    i = jnp.clip(token // grid.h1 - shift, 0, last)
+    j = jnp.clip(token % grid.h1 - shift, 0, last)
+    return grid.window_of_corner(i, j)
 
 
-def choose_region(gca, h1, m, method="ngca", rng=None):
+def choose_region(gca, grid, method="ngca", rng=None):
     """Picks one m x m window per sample; returns its index (B,) int32.
 
     ngca: the window of largest summed gca (the release). negative_ngca: the smallest.
     max_gca / min_gca: the window centred on the single largest / smallest gca token.
     random: uniform over windows (needs `rng`).
     """
-    nw = h1 - m + 1
     if method == "ngca":
-        return jnp.argmax(window_scores(gca, h1, m), axis=1).astype(jnp.int32)
+        return jnp.argmax(window_scores(gca, grid), axis=1).astype(jnp.int32)
     if method == "negative_ngca":
-        return jnp.argmin(window_scores(gca, h1, m), axis=1).astype(jnp.int32)
+        return jnp.argmin(window_scores(gca, grid), axis=1).astype(jnp.int32)
     if method == "max_gca":
-        return _window_around(jnp.argmax(gca, axis=1), h1, m).astype(jnp.int32)
+        return _window_around(jnp.argmax(gca, axis=1), grid).astype(jnp.int32)
     if method == "min_gca":
-        return _window_around(jnp.argmin(gca, axis=1), h1, m).astype(jnp.int32)
+        return _window_around(jnp.argmin(gca, axis=1), grid).astype(jnp.int32)
     if method == "random":
         if rng is None:
             raise ValueError("region_method='random' needs a random key.")
-        return jax.random.randint(rng, (gca.shape[0],), 0, nw * nw, dtype=jnp.int32)
+        return jax.random.randint(rng, (gca.shape[0],), 0, grid.windows_per_side ** 2,
+                                  dtype=jnp.int32)
     raise ValueError(f"Unknown region method {method!r}; choose one of {REGION_METHODS}.")
 
 
-def select_tokens(gca, region, h1, m, k):
+def select_tokens(gca, region, grid, k):
     """Token bookkeeping for the focus stage, all (B, ...) int32:
 
     window: the region's m*m coarse indices, row-major.
@@ -79,23 +80,18 @@ def select_tokens(gca, region, h1, m, k):
             right of the window), rows above, rows below, then the window's unkept tokens in
             descending gca. Order does not change the logits; it makes stage-2 inputs comparable.
     """
-    n, nw, h2 = h1 * h1, h1 - m + 1, 2 * h1
-    i, j = region // nw, region % nw
-    offsets = np.array([a * h1 + c for a in range(m) for c in range(m)], np.int32)
-    window = (i * h1 + j)[:, None] + offsets
+    h1, m = grid.h1, grid.m
+    n = h1 * h1
+    window = grid.window_tokens(region)
     values = jnp.take_along_axis(gca, window, axis=1)
     order = jnp.argsort(-values, axis=1, stable=True)
-    ranked = jnp.take_along_axis(window, order, axis=1)
-    kept = ranked[:, :k]
-
-    r, c = kept // h1, kept % h1
-    tl = 2 * r * h2 + 2 * c
-    fine = jnp.concatenate([tl, tl + 1, tl + h2, tl + h2 + 1], axis=1)
+    kept = jnp.take_along_axis(window, order, axis=1)[:, :k]
+    fine = grid.fine_children(kept, jnp)
 
     rank = jnp.argsort(order, axis=1)  # rank of each window position in the descending sort
     t = np.arange(n, dtype=np.int32)
     rr, cc = t // h1, t % h1
-    i, j = i[:, None], j[:, None]
+    i, j = (x[:, None] for x in grid.corner(region))
     in_rows = (rr >= i) & (rr < i + m)
     inside = in_rows & (cc >= j) & (cc < j + m)
     token_rank = jnp.take_along_axis(rank, jnp.clip((rr - i) * m + (cc - j), 0, m * m - 1), axis=1)

@@ -1,38 +1,28 @@
 """The training loop: jit over a 1-D device mesh, orbax checkpoints, exact resume.
 
 `train_and_evaluate(config, workdir)` trains LF-ViT (or the DeiT baseline) with the objective and
-schedule of the algorithm doc (section 10) and returns the final evaluation summary;
-`evaluate_checkpoint(config, workdir)` only evaluates. Both take the data package as an argument
-(default `lfvit_jax.data`) so tests can feed a synthetic dataset through the same interface.
+schedule of the algorithm doc (section 10) and returns the final evaluation summary. The loop
+holds a task (`lfvit_jax.tasks`) and a dataset (`lfvit_jax.data.Dataset`: sizes and iterators;
+tests pass a synthetic one), and knows neither the model kind nor where the data lives.
 """
 import functools
 import json
 import logging
 import math
-import os
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+import ml_collections
 import optax
-from flax import traverse_util
 
-from lfvit_jax import checkpoint, evaluate, metrics, optim, parallel
-from lfvit_jax.models import build_model
-from lfvit_jax.objective import forward, is_lfvit, loss_terms
+from lfvit_jax import (checkpoint, evaluate, loading, metrics, optim, parallel, recipes, reports,
+                       tasks, workdir as rundir)
 
 log = logging.getLogger(__name__)
 
-# Every top-level config key the loop reads; anything else is a typo and an error.
-CONFIG_KEYS = frozenset({
-    "model", "data", "batch_size", "eval_batch_size", "total_epochs", "total_steps",
-    "warmup_epochs",
-    "selection_start_epoch", "lr", "warmup_lr", "min_lr", "wd", "adam_eps", "loss", "grad_accum",
-    "compute_dtype", "ema_decay", "param_sharding", "seed", "log_every_steps",
-    "eval_every_epochs", "checkpoint_every_steps", "keep_checkpoints", "eval_thresholds",
-    "resume", "init_from"})
-# Config sections that must agree between a workdir's checkpoint and the current run.
-RESUME_MUST_MATCH = ("model", "param_sharding", "ema_decay", "grad_accum")
+# Every top-level config key the loop reads (the recipe's, plus the two sections); anything
+# else is a typo and an error.
+CONFIG_KEYS = frozenset({"model", "data"} | set(recipes.deit_training(ml_collections.ConfigDict())))
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -74,26 +64,22 @@ class Schedule:
         self.selection_start = to_steps(config.selection_start_epoch)
         self.eval_every = max(to_steps(config.eval_every_epochs), 1)
 
-    def phase(self, step):
-        """LF-ViT's focus stage sees the whole fine image until selection starts."""
-        return "whole" if step < self.selection_start else "region"
-
 
 def _cast(tree, dtype):
     return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
                         tree)
 
 
-def make_train_step(model, tx, lr_fn, config, mesh, state_shardings, phase):
+def make_train_step(task, tx, lr_fn, config, mesh, state_shardings, phase):
     """A jitted, state-donating update on one global batch (split into `grad_accum` parts)."""
     accum, dtype = config.grad_accum, COMPUTE_DTYPES[config.compute_dtype]
     base_key = jax.random.key(config.seed)
     batch_spec = parallel.batch_sharding(mesh)
 
     def loss_fn(params, images, targets, rng):
-        out = forward(model, _cast(params, dtype), images.astype(dtype), train=True,
-                      focus=phase, rng=rng)
-        return loss_terms(model, out, targets, config.loss)
+        out = task.forward(_cast(params, dtype), images.astype(dtype), train=True,
+                           phase=phase, rng=rng)
+        return task.loss(out, targets, config.loss)
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
@@ -132,67 +118,53 @@ def make_train_step(model, tx, lr_fn, config, mesh, state_shardings, phase):
 
 
 class Setup:
-    """Everything a run needs besides the data stream: mesh, model, optimizer, shardings."""
+    """Everything a run needs besides the data stream: mesh, task, optimizer, shardings."""
 
-    def __init__(self, config, data, mesh=None):
+    def __init__(self, config, info, mesh=None):
         check_config(config)
         self.config = config
-        self.info = data.get_dataset_info(config.data)
         model_cfg = config.model
-        for key, value in (("num_classes", self.info["num_classes"]),
-                           ("img_size", self.info["image_size"])):
+        for key, value in (("num_classes", info["num_classes"]),
+                           ("img_size", info["image_size"])):
             if model_cfg[key] != value:
                 raise ValueError(f"config.model.{key}={model_cfg[key]} but the dataset has "
                                  f"{key}={value}; make them agree.")
         self.mesh = mesh or parallel.make_mesh()
         parallel.check_batch(config.batch_size, self.mesh, config.grad_accum)
         parallel.check_batch(config.eval_batch_size, self.mesh)
-        self.model = build_model(model_cfg)
-        self.schedule = Schedule(config, self.info["train_examples"])
+        self.task = tasks.build(model_cfg)
+        self.schedule = Schedule(config, info["train_examples"])
         self.lr_fn = optim.schedule(config, self.schedule.total, self.schedule.warmup)
         self.tx = optim.optimizer(config, self.schedule.total, self.schedule.warmup)
-        size = model_cfg.img_size
-        self._dummy = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
         self.abstract_state = jax.eval_shape(self._init_state, jax.random.key(0))
         self.shardings = parallel.state_shardings(self.abstract_state, self.mesh,
                                                   config.param_sharding)
         self._steps = {}
 
-    def _init_params(self, rng):
-        return self.model.init({"params": rng}, jnp.zeros(self._dummy.shape))["params"]
-
     def _state_from_params(self, params):
         state = {"step": jnp.zeros((), jnp.int32), "params": params,
                  "opt_state": self.tx.init(params)}
         if self.config.ema_decay:
-            state["ema"] = params
+            # A copy, not the same buffer: the donated step must not receive one buffer twice.
+            state["ema"] = jax.tree.map(jnp.copy, params)
         return state
 
     def _init_state(self, rng):
-        return self._state_from_params(self._init_params(rng))
+        return self._state_from_params(self.task.init_params(rng))
 
     def scratch_state(self):
         rng = jax.random.fold_in(jax.random.key(self.config.seed), 1 << 20)
         return jax.jit(self._init_state, out_shardings=self.shardings)(rng)
 
-    def state_from_pretrained(self, path):
-        """Params-only start from a converted / official / timm checkpoint; step 0."""
-        from lfvit_jax.pretrained import load_pretrained
-        overrides = {k: v for k, v in dict(self.config.model).items() if k != "variant"}
-        _, variables = load_pretrained(path, **overrides)
-        flat_want = traverse_util.flatten_dict(self.abstract_state["params"], sep="/")
-        flat_got = traverse_util.flatten_dict(variables["params"], sep="/")
-        if set(flat_want) != set(flat_got):
-            raise ValueError(f"config.init_from={path} gives parameters {sorted(flat_got)[:5]}... "
-                             f"but the model needs {sorted(flat_want)[:5]}...")
-        params = parallel.put_global(jax.tree.map(np.asarray, variables["params"]),
-                                     self.shardings["params"])
+    def state_from_pretrained(self):
+        """Params-only start from config.init_from (converted / official / timm); step 0."""
+        target = checkpoint.abstract_with_shardings(self.abstract_state["params"],
+                                                    self.shardings["params"])
+        params = loading.pretrained_params(self.config, self.task, target)
         return jax.jit(self._state_from_params, out_shardings=self.shardings)(params)
 
     def phase(self, step):
-        """LF-ViT's focus stage sees the whole fine image until selection starts; DeiT has one
-        phase, 'full'."""
-        return self.schedule.phase(step) if is_lfvit(self.model) else "full"
+        return self.task.phase(step, self.schedule.selection_start)
 
     def has_step(self, phase):
         return phase in self._steps
@@ -200,32 +172,16 @@ class Setup:
     def train_step(self, phase):
         """The jitted step of a phase ('whole', 'region' or, for DeiT, 'full'), built once."""
         if phase not in self._steps:
-            self._steps[phase] = make_train_step(self.model, self.tx, self.lr_fn, self.config,
+            self._steps[phase] = make_train_step(self.task, self.tx, self.lr_fn, self.config,
                                                  self.mesh, self.shardings, phase)
         return self._steps[phase]
 
     @functools.cached_property
     def eval_step(self):
-        return evaluate.make_eval_step(self.model, self.shardings["params"], self.mesh)
+        return evaluate.make_eval_step(self.task, self.shardings["params"], self.mesh)
 
     def eval_params(self, state):
         return state["ema"] if "ema" in state else state["params"]
-
-
-def _write_config(config, workdir):
-    path = os.path.join(workdir, "config.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            old = json.load(f)
-        new = json.loads(config.to_json())
-        diffs = [k for k in RESUME_MUST_MATCH if old.get(k) != new.get(k)]
-        if diffs:
-            raise ValueError(
-                f"{workdir} holds a run with a different {diffs} (see {path}); its checkpoint "
-                "cannot continue with this config. Use a fresh --workdir or the original config.")
-    if jax.process_index() == 0:
-        with open(path, "w") as f:
-            f.write(config.to_json(indent=1))
 
 
 def _resume_source(config, mngr):
@@ -233,7 +189,7 @@ def _resume_source(config, mngr):
     if mngr.latest_step() is not None:
         return mngr, mngr.latest_step()
     if config.resume:
-        other = checkpoint.manager(os.path.join(config.resume, "checkpoints"), keep=None,
+        other = checkpoint.manager(f"{config.resume}/{checkpoint.CHECKPOINTS_DIR}",
                                    read_only=True)
         if other.latest_step() is None:
             raise ValueError(f"config.resume={config.resume} holds no checkpoint under "
@@ -242,7 +198,7 @@ def _resume_source(config, mngr):
     return None
 
 
-def initial_state(setup, mngr, data_iter, allow_scratch=True):
+def initial_state(setup, mngr, data_iter):
     """The resume order: workdir checkpoint > config.resume > config.init_from > scratch."""
     config = setup.config
     source = _resume_source(config, mngr)
@@ -257,42 +213,17 @@ def initial_state(setup, mngr, data_iter, allow_scratch=True):
                 src.close()
     if config.init_from:
         log.info("Initialising parameters from %s (step 0)", config.init_from)
-        return setup.state_from_pretrained(config.init_from), f"init_from {config.init_from}"
-    if not allow_scratch:
-        raise ValueError(f"No weights to use: no checkpoint in {mngr.directory} and no "
-                         "config.resume or config.init_from.")
+        return setup.state_from_pretrained(), f"init_from {config.init_from}"
     return setup.scratch_state(), "scratch"
 
 
-def run_eval(setup, state, data, preview=16):
-    """(arrays, summary, images): the evaluation split's arrays and summary, and this process's
-    first `preview` images (for the overlays figure; all of them, padding included, in the
-    arrays' order, with preview=None)."""
+def run_eval(setup, state, dataset, preview=16):
+    """(arrays, summary, images) of the evaluation split; see `evaluate.run`."""
     config = setup.config
-    kept = []
-
-    def keep_images(batches):
-        for batch in batches:
-            if preview is None or sum(map(len, kept)) < preview:
-                kept.append(batch["image"])
-            yield batch
-
-    batches = keep_images(data.eval_iterator(config.data, config.eval_batch_size))
-    arrays = evaluate.predict(setup.eval_step, setup.eval_params(state), batches, setup.mesh,
-                              data.to_global)
-    images = np.concatenate(kept)[:preview] if kept else None
-    return arrays, evaluate.summarize(setup.model, arrays, config.eval_thresholds), images
-
-
-def save_eval_outputs(setup, workdir, arrays, summary, images):
-    """Process 0: eval_arrays.npz, eval_result.json and the figures (budget curve, stage counts,
-    and for a single process, where its first images are the arrays' first rows, overlays)."""
-    if jax.process_index() != 0:
-        return
-    evaluate.save_result(workdir, arrays, summary)
-    if is_lfvit(setup.model) and jax.process_count() == 1:
-        fig = evaluate.overlays_figure(setup.model, arrays, images, setup.config.data)
-        fig.savefig(os.path.join(workdir, evaluate.OVERLAYS_FILE))
+    arrays, images = evaluate.run(setup.eval_step, setup.eval_params(state),
+                                  dataset.eval_iterator(config.eval_batch_size), setup.mesh,
+                                  preview)
+    return arrays, setup.task.summarize(arrays, config.eval_thresholds), images
 
 
 def _eval_scalars(summary):
@@ -311,36 +242,34 @@ def _check_finite(step, values, last_good):
             f"{last_good} in the workdir (lower config.lr, or use compute_dtype='float32').")
 
 
-def _default_data():
-    from lfvit_jax import data
-    return data
-
-
-def train_and_evaluate(config, workdir, data=None):
-    """Trains to the end of the schedule (or until SIGTERM) and returns the final eval summary."""
-    data = data or _default_data()
-    setup = Setup(config, data)
-    os.makedirs(workdir, exist_ok=True)
-    _write_config(config, workdir)
+def train_and_evaluate(config, workdir, dataset=None):
+    """Trains to the end of the schedule (or until SIGTERM) and returns the final eval summary.
+    `dataset` defaults to config.data's (`lfvit_jax.data.Dataset`)."""
+    if dataset is None:
+        from lfvit_jax.data import Dataset
+        dataset = Dataset(config.data)
+    setup = Setup(config, dataset.info)
+    rundir.check_resumable(config, workdir)
     sched = setup.schedule
-    train_iter = data.train_iterator(config.data, config.batch_size, seed=config.seed)
-    mngr = checkpoint.manager(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
-    best = checkpoint.manager(os.path.join(workdir, "best"), keep=1, best=True)
+    train_iter = dataset.train_iterator(config.batch_size, seed=config.seed)
+    mngr = checkpoint.manager(f"{workdir}/{checkpoint.CHECKPOINTS_DIR}",
+                              keep=config.keep_checkpoints)
+    best = checkpoint.manager(f"{workdir}/{checkpoint.BEST_DIR}", best=True)
     state, origin = initial_state(setup, mngr, train_iter)
+    rundir.write_config(config, workdir)  # only once the start is known to work
     step = int(state["step"])
     last_good = mngr.latest_step()
     writer = metrics.Writer(workdir)
     progress = metrics.Progress(sched.total, config.batch_size, step)
     preempt = checkpoint.PreemptionFlag()
-    what = (f"LF-ViT (region selection from step {sched.selection_start})"
-            if is_lfvit(setup.model) else "DeiT")
-    _print0(f"{what}: start at step {step}/{sched.total} ({origin}); {sched.steps_per_epoch} "
-            f"steps/epoch, {setup.mesh.devices.size} devices, {jax.process_count()} processes")
+    _print0(f"{setup.task.describe(sched.selection_start)}: start at step {step}/{sched.total} "
+            f"({origin}); {sched.steps_per_epoch} steps/epoch, {setup.mesh.devices.size} "
+            f"devices, {jax.process_count()} processes")
     summary = None
     try:
         while step < sched.total:
             phase = setup.phase(step)
-            batch = data.to_global(next(train_iter), parallel.batch_sharding(setup.mesh))
+            batch = parallel.to_global(next(train_iter), parallel.batch_sharding(setup.mesh))
             first = not setup.has_step(phase)
             state, values = setup.train_step(phase)(state, batch)
             step += 1
@@ -365,16 +294,17 @@ def train_and_evaluate(config, workdir, data=None):
                 _print0(f"Preempted: saved step {step}; rerun the same command to resume.")
                 return None
             if step % sched.eval_every == 0 or step == sched.total:
-                arrays, summary, images = run_eval(setup, state, data)
+                arrays, summary, images = run_eval(setup, state, dataset)
                 writer.write(step, _eval_scalars(summary))
                 checkpoint.save(best, step, {"params": setup.eval_params(state)},
                                 metrics={"top1": summary["top1"]})
-                _print0(f"eval at step {step}: " + evaluate.format_table(summary).splitlines()[0])
+                _print0(f"eval at step {step}: "
+                        + setup.task.format_summary(summary).splitlines()[0])
                 progress.reset(step)
         if summary is None:  # resumed at the end: evaluate what was restored
-            arrays, summary, images = run_eval(setup, state, data)
-        save_eval_outputs(setup, workdir, arrays, summary, images)
-        _print0(evaluate.format_table(summary))
+            arrays, summary, images = run_eval(setup, state, dataset)
+        reports.save_eval(setup.task, workdir, arrays, summary, images, config.data)
+        _print0(setup.task.format_summary(summary))
         _print0(json.dumps({"step": step, **summary}))
         return summary
     finally:
@@ -384,30 +314,6 @@ def train_and_evaluate(config, workdir, data=None):
         best.close()
         writer.close()
         preempt.close()
-
-
-def restore_for_inference(config, workdir, data=None):
-    """(setup, state, origin) of the workdir's latest checkpoint, else config.resume / init_from."""
-    setup = Setup(config, data or _default_data())
-    mngr = checkpoint.manager(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
-    try:
-        state, origin = initial_state(setup, mngr, None, allow_scratch=False)
-    finally:
-        mngr.close()
-    return setup, state, origin
-
-
-def evaluate_checkpoint(config, workdir, data=None):
-    """Evaluates the workdir's latest checkpoint (or config.resume / init_from); prints the table."""
-    data = data or _default_data()
-    setup, state, origin = restore_for_inference(config, workdir, data)
-    arrays, summary, images = run_eval(setup, state, data)
-    os.makedirs(workdir, exist_ok=True)
-    save_eval_outputs(setup, workdir, arrays, summary, images)
-    _print0(f"Evaluated {origin}")
-    _print0(evaluate.format_table(summary))
-    _print0(json.dumps({"step": int(state["step"]), **summary}))
-    return summary
 
 
 def _print0(msg):

@@ -11,7 +11,7 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from lfvit_jax import data
+from lfvit_jax import data, parallel
 from lfvit_jax.data import cluttered_mnist, pipeline
 
 
@@ -277,7 +277,7 @@ def test_to_global_builds_data_parallel_arrays():
     sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
     batch = {"image": np.arange(16 * 2 * 3, dtype=np.float32).reshape(16, 2, 3),
              "_mask": np.arange(16) % 3 == 0}
-    out = data.to_global(batch, sharding)
+    out = parallel.to_global(batch, sharding)
     assert out["image"].shape == (16, 2, 3) and out["image"].sharding == sharding
     assert len(out["image"].addressable_shards) == len(jax.devices())
     np.testing.assert_array_equal(np.asarray(out["image"]), batch["image"])

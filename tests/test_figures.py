@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from lfvit_jax import evaluate, figures
+from lfvit_jax import figures, tasks
 from lfvit_jax.data import cluttered_mnist_config
 from lfvit_jax.models import LFViT
 
@@ -34,20 +34,31 @@ def test_thresholds_spread_over_the_exit_fraction(arrays):
     assert np.mean(conf >= figures.half_exit_threshold(arrays)) >= 0.5
 
 
+def by_hand(arrays):
+    """Region rates with plain loops: windows are 32 px squares at 0, 16 or 32 px (h1 4, m 2)."""
+    rows = [(r, b) for r, b, keep in zip(arrays["region"], arrays["bbox"], arrays["_mask"]) if keep]
+    corner = lambda r: (16 * (r // 3), 16 * (r % 3))
+    fits = lambda y, x, b: y <= b[0] and x <= b[1] and b[2] <= y + 32 and b[3] <= x + 32
+    contains = np.mean([fits(*corner(r), b) for r, b in rows])
+    anywhere = np.mean([any(fits(*corner(w), b) for w in range(9)) for _, b in rows])
+    return contains, anywhere
+
+
 def test_rates_and_files(arrays, tmp_path):
-    model = LFViT(**TINY)
-    rates = figures.localization_rates(model, arrays)
-    keep = arrays["_mask"]
-    grid = (model.h1, model.region_size, model.patch)
+    task = tasks.for_model(LFViT(**TINY))
+    summary = task.summarize(arrays, (0.4,))
+    rates = figures.localization_rates(task.grid, arrays, summary)
+    contains, anywhere = by_hand(arrays)
     assert rates["examples"] == 36
-    assert rates["region_contains"] == pytest.approx(np.mean(evaluate.region_contains(
-        arrays["region"][keep], arrays["bbox"][keep], *grid)))
-    assert rates["region_contains"] <= rates["any_window_contains"]
+    assert rates["region_contains"] == pytest.approx(contains)
+    assert rates["any_window_contains"] == pytest.approx(anywhere)
+    assert 0 < contains < anywhere < 1
     images = np.random.default_rng(1).uniform(-1, 1, (40, 64, 64, 3)).astype(np.float32)
-    numbers = figures.write_all(model, arrays, images, cluttered_mnist_config(), str(tmp_path),
-                                threshold=0.4)
+    numbers = figures.write_all(task.grid, arrays, summary, images, cluttered_mnist_config(),
+                                str(tmp_path), threshold=0.4, baseline=(0.02, 0.5, "baseline"))
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["budget_curve.png", "easy_hard.png", "figures.json", "overlays.png",
                      "stage_counts.png"]
-    assert json.loads((tmp_path / "figures.json").read_text())["region_hit"] == rates["region_hit"]
-    assert numbers["threshold"] == 0.4
+    saved = json.loads((tmp_path / "figures.json").read_text())
+    assert saved["region_hit"] == rates["region_hit"] and saved["baseline_top1"] == 0.5
+    assert numbers["threshold"] == 0.4 and numbers["focus_top1"] == summary["focus_top1"]

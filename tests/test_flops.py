@@ -20,19 +20,19 @@ DEIT_S = dict(num_classes=1000, width=384, depth=12, num_heads=6, mlp_dim=1536, 
     (288, 5, "stage1_gflops", 1.831336704),
 ])
 def test_published_lfvit_figures(res, m, key, published):
-    got = flops.summary(LFViT(**DEIT_S, img_size=res, region_size=m))[key]
+    got = flops.lfvit_summary(LFViT(**DEIT_S, img_size=res, region_size=m))[key]
     assert got == pytest.approx(published, rel=1e-9)
 
 
 def test_deit_s_baseline():
-    assert flops.summary(DeiT(**DEIT_S, img_size=224))["gflops"] == pytest.approx(4.608338304)
+    assert flops.deit_summary(DeiT(**DEIT_S, img_size=224))["gflops"] == pytest.approx(4.608338304)
 
 
 def test_ablations_change_stage2_as_expected():
     base = LFViT(**DEIT_S, img_size=224, region_size=5)
-    full = flops.summary(base)["stage2_gflops"]
-    no_reuse = flops.summary(LFViT(**DEIT_S, img_size=224, region_size=5, reuse_tokens=False))
-    whole = flops.summary(base, focus_mode="whole")
+    full = flops.lfvit_summary(base)["stage2_gflops"]
+    no_reuse = flops.lfvit_summary(LFViT(**DEIT_S, img_size=224, region_size=5, reuse_tokens=False))
+    whole = flops.lfvit_summary(base, focus_mode="whole")
     assert flops.focus_tokens(base) == 116 and flops.focus_tokens(base, "whole") == 197
     assert no_reuse["stage2_gflops"] < full < whole["stage2_gflops"]
 
@@ -42,17 +42,17 @@ def test_xla_count_agrees_with_the_convention():
     convention minus the stage-2 work this implementation skips."""
     model = LFViT(num_classes=10, width=192, depth=2, num_heads=3, mlp_dim=768, patch=16,
                   img_size=128, region_size=3)
-    ours = flops.summary(model)
+    ours = flops.lfvit_summary(model)
     xla1 = flops.xla_gflops(model, method=LFViT.localize)
     xla12 = flops.xla_gflops(model)
     assert ours["stage1_gflops"] <= xla1 <= 1.1 * ours["stage1_gflops"]
-    run = ours["stage12_gflops"] - flops.skipped_work(model)
-    assert flops.skipped_work(model) > 0.005
+    run = ours["stage12_gflops"] - flops.lfvit_skipped(model)
+    assert flops.lfvit_skipped(model) > 0.005
     assert run <= xla12 <= 1.1 * run
     deit = DeiT(num_classes=10, width=192, depth=2, num_heads=3, mlp_dim=768, patch=16,
                 img_size=128)
-    deit_run = flops.summary(deit)["gflops"] - flops.skipped_work(deit)
-    assert flops.skipped_work(deit) > 0.005
+    deit_run = flops.deit_summary(deit)["gflops"] - flops.deit_skipped(deit)
+    assert flops.deit_skipped(deit) > 0.005
     assert deit_run <= flops.xla_gflops(deit) <= 1.1 * deit_run
 
 

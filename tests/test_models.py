@@ -4,8 +4,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lfvit_jax import selection
-from lfvit_jax.models import DeiT, LFViT, build_model
+from lfvit_jax import geometry, selection
+from lfvit_jax import build_model
+from lfvit_jax.models import DeiT, LFViT
 
 TINY = dict(num_classes=5, width=32, depth=4, num_heads=2, mlp_dim=64, patch=8, img_size=64,
             region_size=3)
@@ -67,7 +68,7 @@ def test_region_methods_in_the_model(images, base, method):
     _, out, tokens = run(LFViT(**TINY, region_method=method), images, variables,
                          rngs={"region": jax.random.key(5)})
     gca = np.asarray(out["gca"])
-    scores = np.asarray(selection.window_scores(out["gca"], 4, 3))
+    scores = np.asarray(selection.window_scores(out["gca"], geometry.Grid(4, 3, 8)))
     region = np.asarray(out["region"])
     if method == "ngca":
         np.testing.assert_array_equal(region, scores.argmax(1))
@@ -173,8 +174,8 @@ def test_cls_only_last_block_is_the_full_blocks_first_row(train):
     rngs = {"dropout": jax.random.key(3)}
 
     def features(params, cls_only):
-        out, _ = model.apply({"params": params}, x, train, cls_only=cls_only, rngs=rngs,
-                             method=lambda m, *a, **k: m.encode(*a, **k))
+        out, _, _ = model.apply({"params": params}, x, train, cls_only=cls_only, rngs=rngs,
+                                method=lambda m, *a, **k: m.encode(*a, **k))
         return out[:, 0]
     full, short = features(variables["params"], False), features(variables["params"], True)
     np.testing.assert_allclose(short, full, atol=1e-5)
@@ -194,13 +195,14 @@ def test_deferred_localization_gives_the_same_outputs(images):
     variables = model.init(jax.random.key(0), images)
     full = model.apply(variables, images, method=LFViT.localize)
     short = model.apply(variables, images, defer=True, method=LFViT.localize)
-    for key in ("loc_logits", "gca", "region", "coarse_index", "fine_index"):
-        np.testing.assert_allclose(short[key], full[key], atol=1e-5)
+    assert short.features is None and full.features is not None
+    for key, value in short.outputs().items():
+        np.testing.assert_allclose(value, full.outputs()[key], atol=1e-5)
     focus = lambda loc: model.apply(variables, images, loc, method=LFViT.focus)
     np.testing.assert_allclose(focus(short), focus(full), atol=1e-5)
-    kept = model.apply(variables, short["_before_last"], 1 + short["coarse_index"],
+    kept = model.apply(variables, short.last_input, 1 + short.coarse_index,
                        method=lambda m, *a: m.finish_tokens(*a))
     np.testing.assert_allclose(kept, jnp.take_along_axis(
-        full["_features"], 1 + short["coarse_index"][:, :, None], axis=1), atol=1e-5)
+        full.features, 1 + short.coarse_index[:, :, None], axis=1), atol=1e-5)
     with pytest.raises(ValueError, match="without defer"):
         model.apply(variables, images, short, mode="whole", method=LFViT.focus)

@@ -3,20 +3,20 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lfvit_jax import evaluate, plotting, selection, sweep
+from lfvit_jax import plotting, selection, sweep
+from lfvit_jax.geometry import Grid
 
 
 def test_region_and_tokens_match_the_selection():
     h1, m, patch = 4, 2, 8  # 64 px image: 4x4 coarse grid of 16 px, 8x8 fine grid of 8 px
     rng = np.random.default_rng(0)
     gca = jnp.asarray(rng.random((1, h1 * h1)), jnp.float32)
-    region = selection.choose_region(gca, h1, m)
-    sel = selection.select_tokens(gca, region, h1, m, k=3)
-    kept = np.asarray(sel["kept"][0])
-    fine = plotting.fine_patches(kept, h1)
-    np.testing.assert_array_equal(np.sort(fine), np.sort(np.asarray(sel["fine"][0])))
+    grid = Grid(h1, m, patch)
+    region = selection.choose_region(gca, grid)
+    sel = selection.select_tokens(gca, region, grid, k=3)
+    fine = np.asarray(sel["fine"][0])
 
-    box = evaluate.region_boxes(np.asarray(region), h1, m, patch)[0]
+    box = grid.region_boxes(np.asarray(region))[0]
     fig = plotting.new_figure(3, 3)
     ax = fig.add_subplot()
     image = rng.random((64, 64, 3))
@@ -31,10 +31,11 @@ def test_region_and_tokens_match_the_selection():
     assert ax.images[0].get_extent() == [0, 64, 64, 0]  # pixel coordinates, y down
 
 
-def test_fine_patches_by_hand():
+def test_fine_children_by_hand():
     # Coarse token 5 on a 4x4 grid is (1, 1): its children on the 8x8 grid are (2..3, 2..3).
-    np.testing.assert_array_equal(plotting.fine_patches(np.array([5]), 4), [18, 19, 26, 27])
-    np.testing.assert_array_equal(plotting.fine_patches(np.array([[0], [15]]), 4),
+    grid = Grid(4, 2, 8)
+    np.testing.assert_array_equal(grid.fine_children(np.array([5])), [18, 19, 26, 27])
+    np.testing.assert_array_equal(grid.fine_children(np.array([[0], [15]])),
                                   [[0, 1, 8, 9], [54, 55, 62, 63]])
 
 
@@ -67,9 +68,9 @@ def test_budget_curve_points(rows, tmp_path):
     order = sorted(rows, key=lambda r: r["gflops"])
     np.testing.assert_allclose(line.get_xdata(), [r["gflops"] for r in order])
     np.testing.assert_allclose(line.get_ydata(), [100 * r["top1"] for r in order])
-    for save in (plotting.save_budget_curve, plotting.save_stage_counts):
-        path = tmp_path / f"{save.__name__}.png"
-        save(rows, str(path))
+    for make in (plotting.budget_curve_figure, plotting.stage_counts_figure):
+        path = tmp_path / f"{make.__name__}.png"
+        make(rows).savefig(str(path))
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

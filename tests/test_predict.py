@@ -8,7 +8,7 @@ from PIL import Image
 
 from lfvit_jax.data import cluttered_mnist_config
 from lfvit_jax.models import LFViT
-from lfvit_jax.predict import predict, region_box
+from lfvit_jax.predict import predict
 
 TINY = dict(num_classes=10, width=32, depth=2, num_heads=2, mlp_dim=64, patch=8, img_size=64,
             region_size=2)
@@ -57,14 +57,14 @@ def test_files_folder_npz_and_a_corrupt_file(tmp_path, model_and_vars):
         np.testing.assert_allclose(saved["logits"][j], direct["logits"][k], atol=1e-4)
         assert from_file["class"] == int(np.argmax(direct["logits"][k]))
         assert from_file["stage"] == (1 if direct["exited"][k] else 2)
-        assert from_file["region_box"] == region_box(int(direct["region"][k]), model)
+        assert from_file["region_box"] == model.grid.region_boxes(int(direct["region"][k])).tolist()
         assert from_file["kept_tokens"] == np.asarray(direct["coarse_index"][k]).tolist()
 
 
 def test_region_box_in_pixels():
     model = LFViT(**dict(TINY, region_size=3))  # h1 = 4: 2 x 2 windows of 3 x 3 coarse tokens
-    assert region_box(0, model) == [0, 0, 48, 48]
-    assert region_box(3, model) == [16, 16, 64, 64]
+    assert model.grid.region_boxes(0).tolist() == [0, 0, 48, 48]
+    assert model.grid.region_boxes(3).tolist() == [16, 16, 64, 64]
 
 
 def test_bad_inputs(tmp_path, model_and_vars):

@@ -109,7 +109,7 @@ def test_unknown_file_type(tmp_path):
 
 def test_convert_round_trip(tmp_path, images, capsys):
     dst = str(tmp_path / "converted")
-    convert.main([WEIGHTS, dst, "--num_heads", "3", "--region_size", "4"])
+    convert.convert(WEIGHTS, dst, num_heads=3, region_size=4)
     assert "407,434 parameters" in capsys.readouterr().out
     model, variables = load_pretrained(dst)
     ref_model, ref_vars = load_pretrained(WEIGHTS, num_heads=3, region_size=4)
@@ -122,12 +122,12 @@ def test_convert_round_trip(tmp_path, images, capsys):
     with pytest.raises(ValueError, match="Could not restore"):
         load_pretrained(dst, img_size=288)
     with pytest.raises(ValueError, match="exists"):
-        convert.main([WEIGHTS, dst, "--num_heads", "3"])
+        convert.convert(WEIGHTS, dst, num_heads=3)
 
 
 def test_corrupt_converted_checkpoint_is_detected(tmp_path):
     dst = str(tmp_path / "converted")
-    convert.main([WEIGHTS, dst, "--num_heads", "3"])
+    convert.convert(WEIGHTS, dst, num_heads=3)
     for root, _, files in os.walk(os.path.join(dst, "params")):
         for f in files:
             if "ocdbt" in root and f.startswith("d"):

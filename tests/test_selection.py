@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from lfvit_jax import selection
+from lfvit_jax.geometry import Grid
 
 
 def np_window_scores(grid, m):
@@ -56,9 +57,9 @@ def test_selection_matches_numpy(h1, m, method, ties):
     gca = random_gca(rng, 6, h1, ties)
     k = selection.num_kept(m, 0.88)
     key = jax.random.key(3)
-    region = np.asarray(selection.choose_region(jnp.asarray(gca), h1, m, method, key))
+    region = np.asarray(selection.choose_region(jnp.asarray(gca), Grid(h1, m, 16), method, key))
     sel = jax.tree_util.tree_map(np.asarray, selection.select_tokens(
-        jnp.asarray(gca), jnp.asarray(region), h1, m, k))
+        jnp.asarray(gca), jnp.asarray(region), Grid(h1, m, 16), k))
     for b in range(gca.shape[0]):
         want = np_select(gca[b], h1, m, k, method, rand_region=region[b])
         assert region[b] == want[0]
@@ -71,15 +72,15 @@ def test_selection_matches_numpy(h1, m, method, ties):
 def test_window_scores_match_numpy():
     rng = np.random.default_rng(0)
     gca = random_gca(rng, 3, 9, False)
-    ours = np.asarray(selection.window_scores(jnp.asarray(gca), 9, 4))
+    ours = np.asarray(selection.window_scores(jnp.asarray(gca), Grid(9, 4, 16)))
     for b in range(3):
         np.testing.assert_allclose(ours[b], np_window_scores(gca[b].reshape(9, 9), 4), rtol=1e-6)
 
 
 def test_random_region_is_uniform_and_keyed():
     gca = jnp.zeros((4000, 49))
-    a = np.asarray(selection.choose_region(gca, 7, 5, "random", jax.random.key(1)))
-    b = np.asarray(selection.choose_region(gca, 7, 5, "random", jax.random.key(2)))
+    a = np.asarray(selection.choose_region(gca, Grid(7, 5, 16), "random", jax.random.key(1)))
+    b = np.asarray(selection.choose_region(gca, Grid(7, 5, 16), "random", jax.random.key(2)))
     counts = np.bincount(a, minlength=9)
     assert counts.min() > 4000 / 9 * 0.8 and a.max() == 8
     assert (a != b).mean() > 0.8

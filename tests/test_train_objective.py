@@ -4,8 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lfvit_jax import objective, optim
-from lfvit_jax.models import build_model
+from lfvit_jax import objective, optim, tasks
 from train_fakes import tiny_config
 
 
@@ -18,20 +17,20 @@ def test_loss_matches_numpy_ce_plus_kl():
     rng = np.random.default_rng(0)
     focus, loc = rng.normal(size=(2, 6, 5)) * 3
     targets = rng.dirichlet(np.ones(5), size=6)
-    model = build_model(tiny_config().model)
+    task = tasks.build(tiny_config().model)
     out = {"focus_logits": jnp.asarray(focus), "loc_logits": jnp.asarray(loc)}
-    total, terms = objective.loss_terms(model, out, jnp.asarray(targets))
+    total, terms = task.loss(out, jnp.asarray(targets))
     ce = -np.mean(np.sum(targets * np_log_softmax(focus), -1))
     lp_f, lp_l = np_log_softmax(focus), np_log_softmax(loc)
     kl = np.mean(np.sum(np.exp(lp_f) * (lp_f - lp_l), -1))
     np.testing.assert_allclose(terms["ce"], ce, rtol=1e-6)
     np.testing.assert_allclose(terms["kl"], kl, rtol=1e-6)
     np.testing.assert_allclose(total, ce + kl, rtol=1e-6)
-    total, terms = objective.loss_terms(model, out, jnp.asarray(targets), loss="ce_ce")
+    total, terms = task.loss(out, jnp.asarray(targets), loss="ce_ce")
     loc_ce = -np.mean(np.sum(targets * lp_l, -1))
     np.testing.assert_allclose(total, ce + loc_ce, rtol=1e-6)
     with pytest.raises(ValueError, match="ce_kl"):
-        objective.loss_terms(model, out, jnp.asarray(targets), loss="kl_only")
+        task.loss(out, jnp.asarray(targets), loss="kl_only")
 
 
 def test_kl_teacher_is_stop_gradient():
@@ -52,11 +51,11 @@ def test_focus_loss_reaches_localization_stage_through_fusion():
     for fusion in (True, False):
         cfg = tiny_config().model
         cfg.update(fusion=fusion, reuse_tokens=False, drop_path=0.0)
-        model = build_model(cfg)
-        params = jax.jit(model.init)(jax.random.key(0), images)["params"]
+        task = tasks.build(cfg)
+        params = jax.jit(task.init_params)(jax.random.key(0))
 
         def focus_ce(p):
-            out = objective.forward(model, p, images, train=True, focus="whole")
+            out = task.forward(p, images, train=True, phase="whole")
             return objective.soft_cross_entropy(out["focus_logits"], targets)
         grads[fusion] = jax.jit(jax.grad(focus_ce))(params)
     assert float(jnp.abs(grads[True]["pos_embed_list_0"]).max()) > 1e-6
@@ -66,8 +65,7 @@ def test_focus_loss_reaches_localization_stage_through_fusion():
 
 def test_weight_decay_mask_and_schedule():
     cfg = tiny_config(batch_size=1024, lr=5e-4)
-    model = build_model(cfg.model)
-    params = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
+    params = jax.eval_shape(tasks.build(cfg.model).init_params, jax.random.key(0))
     mask = optim.decay_mask(params)
     assert mask["blocks_0"]["attn"]["qkv"]["kernel"] and mask["pos_embed_list_0"]
     assert not mask["cls_token"] and not mask["blocks_0"]["attn"]["qkv"]["bias"]

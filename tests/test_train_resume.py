@@ -14,7 +14,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 import train_fakes
-from lfvit_jax import train
+from lfvit_jax import train, workdir as rundir
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(TESTS)
@@ -86,11 +86,11 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, env):
 
 def test_workdir_of_another_model_is_refused(tmp_path):
     config = train_fakes.tiny_config()
-    train._write_config(config, str(tmp_path))
+    rundir.write_config(config, str(tmp_path))
     other = train_fakes.tiny_config()
     other.model.width = 64
-    with pytest.raises(ValueError, match="holds a run with a different \\['model'\\]"):
-        train.train_and_evaluate(other, str(tmp_path), data=train_fakes)
+    with pytest.raises(ValueError, match="holds a run with a different \\['model.width'\\]"):
+        train.train_and_evaluate(other, str(tmp_path), train_fakes.Dataset(other.data))
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, env):

@@ -10,19 +10,20 @@ from lfvit_jax import parallel, train
 
 def run_steps(config, mesh, state, steps=2, phase="whole"):
     """`steps` updates from `state` (re-placed onto this setup's shardings)."""
-    setup = train.Setup(config, train_fakes, mesh=mesh)
+    setup = train.Setup(config, train_fakes.get_dataset_info(config.data), mesh=mesh)
     state = jax.device_put(state, setup.shardings)
     it = train_fakes.train_iterator(config.data, config.batch_size, seed=0)
     losses = []
     for _ in range(steps):
-        batch = train_fakes.to_global(next(it), parallel.batch_sharding(setup.mesh))
+        batch = parallel.to_global(next(it), parallel.batch_sharding(setup.mesh))
         state, values = setup.train_step(phase)(state, batch)
         losses.append(float(values["loss"]))
     return jax.device_get(state), losses
 
 
 def initial(config):
-    return jax.device_get(train.Setup(config, train_fakes).scratch_state())
+    setup = train.Setup(config, train_fakes.get_dataset_info(config.data))
+    return jax.device_get(setup.scratch_state())
 
 
 def assert_trees_close(a, b, rtol):
@@ -59,18 +60,20 @@ def test_fsdp_accumulation_and_ema_match_plain_data_parallel():
     want = jax.tree.map(lambda p0, p1, p2: 0.25 * p0 + 0.25 * p1 + 0.5 * p2, state["params"],
                         s_one["params"], s_plain["params"])
     assert_trees_close(s_other["ema"], want, rtol=1e-4)
-    fsdp = train.Setup(other, train_fakes, mesh=mesh).shardings["params"]
+    fsdp = train.Setup(other, train_fakes.get_dataset_info(other.data),
+                       mesh=mesh).shardings["params"]
     assert fsdp["blocks_0"]["mlp"]["fc1"]["kernel"].spec == jax.sharding.PartitionSpec(None, "data")
 
 
 def test_guards():
     with pytest.raises(ValueError, match="does not divide over 8 devices"):
-        train.Setup(train_fakes.tiny_config(batch_size=12), train_fakes)
+        config = train_fakes.tiny_config(batch_size=12)
+        train.Setup(config, train_fakes.get_dataset_info(config.data))
     config = train_fakes.tiny_config()
     config.warmup_epoch = 3
     with pytest.raises(ValueError, match="Unknown config keys \\['warmup_epoch'\\]"):
-        train.Setup(config, train_fakes)
+        train.Setup(config, train_fakes.get_dataset_info(config.data))
     config = train_fakes.tiny_config()
     config.model.num_classes = 10
     with pytest.raises(ValueError, match="num_classes=10 but the dataset has num_classes=4"):
-        train.Setup(config, train_fakes)
+        train.Setup(config, train_fakes.get_dataset_info(config.data))

@@ -1,4 +1,5 @@
-"""A synthetic dataset behind the `lfvit_jax.data` interface, and tiny configs: loop tests in seconds.
+"""A synthetic dataset behind the `lfvit_jax.data.Dataset` interface, and tiny configs: loop tests
+in seconds.
 
 Class c is a bright square at a class-dependent place plus noise; its box is the square.
 Iterators are grain datasets, so their state checkpoints exactly like the real pipeline's.
@@ -77,8 +78,21 @@ def eval_iterator(cfg, global_batch_size, *, split=None, process_index=None, pro
                "_mask": np.array([i < n for i in rows]), "bbox": np.stack(boxes)}
 
 
-def to_global(batch, sharding):
-    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+class Dataset:
+    """What the training loop and evaluation ask of a dataset, for `data_config()`'s configs."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    @property
+    def info(self):
+        return get_dataset_info(self.cfg)
+
+    def train_iterator(self, global_batch_size, seed):
+        return train_iterator(self.cfg, global_batch_size, seed=seed)
+
+    def eval_iterator(self, global_batch_size):
+        return eval_iterator(self.cfg, global_batch_size)
 
 
 def tiny_config(name="lfvit", **overrides):
@@ -107,4 +121,4 @@ if __name__ == "__main__":
     config = tiny_config(total_epochs=2.0, selection_start_epoch=1.0, eval_every_epochs=2.0,
                          checkpoint_every_steps=2)
     config.data.update(delay=delay, nan_from_batch=nan_from)
-    train.train_and_evaluate(config, workdir, data=sys.modules[__name__])
+    train.train_and_evaluate(config, workdir, Dataset(config.data))

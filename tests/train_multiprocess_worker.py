@@ -15,12 +15,12 @@ STEPS = 3
 
 
 def losses(config):
-    setup = train.Setup(config, train_fakes)
+    setup = train.Setup(config, train_fakes.get_dataset_info(config.data))
     state = setup.scratch_state()
     it = train_fakes.train_iterator(config.data, config.batch_size, seed=config.seed)
     out = []
     for _ in range(STEPS):
-        batch = train_fakes.to_global(next(it), parallel.batch_sharding(setup.mesh))
+        batch = parallel.to_global(next(it), parallel.batch_sharding(setup.mesh))
         state, values = setup.train_step("whole")(state, batch)
         out.append(float(values["loss"]))
     return out

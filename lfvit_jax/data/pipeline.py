@@ -443,6 +443,31 @@ def _batches(examples, batch_size, where):
                         skipped, where)
 
 
-def to_global(batch, sharding):
-    """Process-local numpy batch -> global jax.Arrays sharded along the leading axis."""
-    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
+class Dataset:
+    """A config's dataset as the training loop and evaluation use it: its sizes and iterators.
+    Nothing is opened until asked for; evaluation opens only its split."""
+
+    def __init__(self, data_cfg):
+        self.cfg = data_cfg
+
+    @property
+    def info(self):
+        return get_dataset_info(self.cfg)
+
+    def train_iterator(self, global_batch_size, seed):
+        return train_iterator(self.cfg, global_batch_size, seed=seed)
+
+    def eval_iterator(self, global_batch_size):
+        return eval_iterator(self.cfg, global_batch_size)
+
+
+def class_names(data_cfg):
+    """Class names known without opening the dataset (tfds's ImageNet label file, the digits of
+    cluttered MNIST), else None."""
+    if data_cfg.name == "imagenet2012":
+        import tensorflow_datasets as tfds
+        from lfvit_jax.data.convert import IMAGENET_LABELS
+        return tfds.core.tfds_path(IMAGENET_LABELS).read_text().split()
+    if data_cfg.name == "cluttered_mnist":
+        return list(cluttered_mnist.CLASS_NAMES)
+    return None

@@ -10,8 +10,9 @@ from typing import Optional, Tuple
 
 import jax
 import jax.numpy as jnp
+from flax import struct
 
-from lfvit_jax import selection
+from lfvit_jax import geometry, selection
 from lfvit_jax.models.vit import Mlp, VitTrunk, check_images, layer_norm, trunc_normal
 from lfvit_jax.resize import resize_align_corners
 
@@ -22,6 +23,26 @@ def check_threshold(threshold):
     if isinstance(threshold, (int, float)) and not 0.0 <= threshold <= 1.0:
         raise ValueError(f"Exit threshold eta={threshold} is outside [0, 1]; it is compared with "
                          "the localization stage's top softmax probability.")
+
+
+@struct.dataclass
+class Localization:
+    """What the localization stage hands on: its outputs and what `focus` needs from it. A
+    pytree, so it passes whole through jit, slicing and the early-exit queue."""
+    loc_logits: jax.Array  # (B, classes)
+    gca: jax.Array  # (B, h1^2) global class attention, raster order
+    region: jax.Array  # (B,) chosen window
+    coarse_index: jax.Array  # (B, K) refined coarse tokens, descending GCA
+    fine_index: jax.Array  # (B, 4K) their fine children
+    rest_index: jax.Array  # (B, h1^2 - K) the coarse tokens not refined, in the release's order
+    tokens: jax.Array  # (B, 1 + h1^2, C) stage 1's layer-0 input: the reused coarse tokens
+    last_input: jax.Array  # (B, 1 + h1^2, C) stage 1's last-block input, for deferred fusion
+    features: Optional[jax.Array] = None  # (B, 1 + h1^2, C) final features; None when deferred
+
+    def outputs(self):
+        """The public part, as `LFViT.__call__` returns it."""
+        return {"loc_logits": self.loc_logits, "gca": self.gca, "region": self.region,
+                "coarse_index": self.coarse_index, "fine_index": self.fine_index}
 
 
 class LFViT(VitTrunk):
@@ -44,6 +65,10 @@ class LFViT(VitTrunk):
     @property
     def h1(self):
         return self.img_size // (2 * self.patch)
+
+    @property
+    def grid(self):
+        return geometry.Grid(self.h1, self.region_size, self.patch)
 
     @property
     def num_kept(self):
@@ -86,73 +111,68 @@ class LFViT(VitTrunk):
 
     def __call__(self, images, threshold=None, train=False, focus="region"):
         check_threshold(threshold)
-        out = self.localize(images, train)
-        out["focus_logits"] = self.focus(images, out, train, focus)
-        out = {k: v for k, v in out.items() if not k.startswith("_")}
+        loc = self.localize(images, train)
+        out = dict(loc.outputs(), focus_logits=self.focus(images, loc, train, focus))
         if threshold is not None:
             out.update(early_exit(out["loc_logits"], out["focus_logits"], threshold))
         return out
 
     def localize(self, images, train=False, defer=False):
-        """Stage 1 and region selection. Keys starting with '_' are what `focus` needs.
+        """Stage 1 and region selection; returns a `Localization`.
 
         With `defer`, the last block runs for the class token only (the exit decision and GCA
         need nothing else) and `focus` later finishes it for just the K region tokens it fuses:
         the same outputs, with the work skipped for every sample that exits. Region focus only.
         """
         check_images(images, self.img_size, 2 * self.patch)
-        h1, m = self.h1, self.region_size
         x = resize_align_corners(images, self.img_size // 2)
         tokens = self.with_cls(self.patch_embed(x), self.pos_embed_list_0)
-        features, attn, before_last = self.encode(tokens, train, self.target_blocks,
-                                                  cls_only=defer, last_input=True)
+        features, attn, last_input = self.encode(tokens, train, self.target_blocks,
+                                                 cls_only=defer)
         gca = selection.gca_from_attention(attn, self.beta)
         rng = None
         if self.region_method == "random":  # without a 'region' rng, a fixed key keeps eval repeatable
             rng = self.make_rng("region") if self.has_rng("region") else jax.random.key(0)
-        region = selection.choose_region(gca, h1, m, self.region_method, rng)
-        sel = selection.select_tokens(jax.lax.stop_gradient(gca), region, h1, m, self.num_kept)
-        out = {"loc_logits": self.head(features[:, 0]), "gca": gca, "region": region,
-               "coarse_index": sel["kept"], "fine_index": sel["fine"],
-               "_rest_index": sel["rest"], "_tokens": tokens}
-        if defer:
-            out["_before_last"] = before_last
-        else:
-            out["_features"] = features
-        return out
+        region = selection.choose_region(gca, self.grid, self.region_method, rng)
+        sel = selection.select_tokens(jax.lax.stop_gradient(gca), region, self.grid,
+                                      self.num_kept)
+        return Localization(loc_logits=self.head(features[:, 0]), gca=gca, region=region,
+                            coarse_index=sel["kept"], fine_index=sel["fine"],
+                            rest_index=sel["rest"], tokens=tokens, last_input=last_input,
+                            features=None if defer else features)
 
     def focus(self, images, loc, train=False, mode="region"):
-        """Stage 2 on the full-resolution images, given the dict `localize` returned."""
+        """Stage 2 on the full-resolution images, given the `Localization` of these images."""
         if mode not in FOCUS_MODES:
             raise ValueError(f"focus mode {mode!r} is not one of {FOCUS_MODES}.")
         b, h1 = images.shape[0], self.h1
         cls = jnp.broadcast_to(self.cls_token + self.pos_embed_list_1[:, :1], (b, 1, self.width))
         pos = self.pos_embed_list_1[0, 1:]
         if mode == "whole":
-            if "_features" not in loc:
+            if loc.features is None:
                 raise ValueError("focus mode 'whole' needs every localization feature: call "
                                  "localize without defer.")
             fine = self.patch_embed(images)
             if self.fusion:
-                fine = fine + upsample2x(self._reuse(loc["_features"][:, 1:]), h1)
+                fine = fine + upsample2x(self._reuse(loc.features[:, 1:]), h1)
             parts = [cls, fine + pos]
         else:
             # Only the 4K selected fine tokens are embedded, and only their K parents go through
             # the reuse block: the same values as embedding everything and gathering after.
-            index = loc["fine_index"]
+            index = loc.fine_index
             fine = self.patch_embed(images, index)
             if self.fusion:
-                if "_features" in loc:
-                    kept = take_tokens(loc["_features"][:, 1:], loc["coarse_index"])
+                if loc.features is not None:
+                    kept = take_tokens(loc.features[:, 1:], loc.coarse_index)
                 else:  # deferred: finish stage 1's last block for these K tokens only
-                    kept = self.finish_tokens(loc["_before_last"], 1 + loc["coarse_index"], train)
+                    kept = self.finish_tokens(loc.last_input, 1 + loc.coarse_index, train)
                 fine = fine + jnp.tile(self._reuse(kept), (1, 4, 1))  # quarters follow `kept`
             parts = [cls, fine + pos[index]]
             if self.reuse_tokens:
-                parts.append(take_tokens(loc["_tokens"][:, 1:], loc["_rest_index"]))
+                parts.append(take_tokens(loc.tokens[:, 1:], loc.rest_index))
         tokens = jnp.concatenate(parts, axis=1)
         self.sow("intermediates", "focus_tokens", tokens)  # the stage-2 layer-0 input, for tests
-        features, _ = self.encode(tokens, train, cls_only=True)
+        features, _, _ = self.encode(tokens, train, cls_only=True)
         return self.head(features[:, 0])
 
     def _reuse(self, features):

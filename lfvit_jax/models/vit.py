@@ -9,12 +9,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-# width, depth, heads of the DeiT family; the MLP is 4x the width.
+# width, depth, heads of the DeiT family (the one place they are written); the MLP is 4x the width.
 VARIANTS = {
     "Ti": (192, 12, 3),
     "S": (384, 12, 6),
     "B": (768, 12, 12),
 }
+_S_WIDTH, _S_DEPTH, _S_HEADS = VARIANTS["S"]
 
 # timm initialises Linear weights, position embeddings and the cls token with trunc_normal(.02).
 trunc_normal = nn.initializers.truncated_normal(0.02)
@@ -193,10 +194,10 @@ class VitTrunk(nn.Module):
     Subclasses add their position embeddings and call `embed`, `encode` and `head`.
     """
     num_classes: int = 1000
-    width: int = 384
-    depth: int = 12
-    num_heads: int = 6
-    mlp_dim: int = 1536
+    width: int = _S_WIDTH  # DeiT-S by default
+    depth: int = _S_DEPTH
+    num_heads: int = _S_HEADS
+    mlp_dim: int = 4 * _S_WIDTH
     patch: int = 16
     drop_path: float = 0.1
     dense_init: str = "deit"  # a key of DENSE_INITS
@@ -216,31 +217,28 @@ class VitTrunk(nn.Module):
         cls = jnp.broadcast_to(self.cls_token, (tokens.shape[0], 1, self.width))
         return jnp.concatenate([cls, tokens], axis=1) + pos_embed
 
-    def encode(self, x, train: bool, attn_blocks: Sequence[int] = (), cls_only=False,
-               last_input=False):
-        """Runs the blocks and the final norm.
+    def encode(self, x, train: bool, attn_blocks: Sequence[int] = (), cls_only=False):
+        """Runs the blocks and the final norm; returns (features, attn, last_input).
 
-        Returns (features, attn) with attn the class-token attention rows of `attn_blocks`,
-        shape (len(attn_blocks), B, heads, N). With `cls_only` the last block computes only the
-        class token's output and features is (B, 1, C): all a classifier needs. With
-        `last_input`, also returns the last block's input (B, N, C), from which `finish_tokens`
-        computes other tokens' features later.
+        attn: the class-token attention rows of `attn_blocks`, (len(attn_blocks), B, heads, N),
+        or None. With `cls_only` the last block computes only the class token's output and
+        features is (B, 1, C): all a classifier needs. last_input: the last block's input
+        (B, N, C), from which `finish_tokens` computes other tokens' features later.
         """
         rows = []
         last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
             if i == last:
-                before_last = x
+                last_input = x
             x, cls_row = block(x, deterministic=not train, cls_only=cls_only and i == last)
             if i in attn_blocks:
                 rows.append(cls_row)
-        attn = jnp.stack(rows) if rows else None
-        return (self.norm(x), attn, before_last) if last_input else (self.norm(x), attn)
+        return self.norm(x), (jnp.stack(rows) if rows else None), last_input
 
-    def finish_tokens(self, before_last, index, train=False):
+    def finish_tokens(self, last_input, index, train=False):
         """Final features (B, k, C) of the tokens at `index` (B, k), from the last block's input:
         the same values as those rows of a full `encode`, for k of the N tokens' work."""
-        x, _ = self.blocks[-1](before_last, deterministic=not train, query_index=index)
+        x, _ = self.blocks[-1](last_input, deterministic=not train, query_index=index)
         return self.norm(x)
 
 
@@ -256,7 +254,7 @@ class DeiT(VitTrunk):
     def __call__(self, images, train=False):
         check_images(images, self.img_size, self.patch)
         x = self.with_cls(self.patch_embed(images), self.pos_embed)
-        features, _ = self.encode(x, train, cls_only=True)
+        features, _, _ = self.encode(x, train, cls_only=True)
         return {"logits": self.head(features[:, 0])}
 
 

@@ -1,0 +1,70 @@
+"""Parameters alone, for evaluation and prediction: no optimizer, schedule or dataset.
+
+`load(config, workdir)` takes weights in the resume order: the workdir's own checkpoint (its
+latest step by default, `best`, or a step number; the EMA parameters when the run kept them),
+else `config.resume` (another run), else `config.init_from` (official LF-ViT / CF-ViT / timm DeiT
+weights, or a `lfvit_jax.convert` folder). They are restored straight into the model's abstract
+parameters with their shardings.
+"""
+import dataclasses
+from typing import Any
+
+import jax
+import numpy as np
+from etils import epath
+
+from lfvit_jax import checkpoint, parallel, tasks
+
+
+@dataclasses.dataclass
+class Loaded:
+    task: Any
+    params: Any
+    origin: str  # where the parameters came from, for messages
+    step: int
+
+
+def abstract_params(task, mesh, param_sharding="replicated"):
+    shapes = jax.eval_shape(task.init_params, jax.random.key(0))
+    return checkpoint.abstract_with_shardings(
+        shapes, parallel.state_shardings(shapes, mesh, param_sharding))
+
+
+def pretrained_params(config, task, target):
+    """config.init_from's parameters as global arrays shaped and sharded like `target`."""
+    from lfvit_jax.pretrained import load_pretrained
+    overrides = {k: v for k, v in dict(config.model).items() if k != "variant"}
+    _, variables = load_pretrained(config.init_from, **overrides)
+    checkpoint.check_shapes(variables["params"], target, f"config.init_from={config.init_from}")
+    return parallel.put_global(jax.tree.map(np.asarray, variables["params"]),
+                               jax.tree.map(lambda x: x.sharding, target))
+
+
+def _pick(steps, which, directory):
+    if which in ("latest", "best"):
+        return max(steps)
+    if int(which) not in steps:
+        raise ValueError(f"No step {which} in {directory}; it holds {sorted(steps)}.")
+    return int(which)
+
+
+def load(config, workdir=None, which="latest", mesh=None):
+    """A `Loaded` task with its parameters; `which` is 'latest', 'best' or a step number."""
+    task = tasks.build(config.model)
+    target = abstract_params(task, mesh or parallel.make_mesh(), config.get("param_sharding",
+                                                                           "replicated"))
+    folder = checkpoint.BEST_DIR if which == "best" else checkpoint.CHECKPOINTS_DIR
+    for run in filter(None, (workdir, config.get("resume"))):
+        directory = epath.Path(run) / folder
+        steps = checkpoint.steps(directory)
+        if steps:
+            step = _pick(steps, which, directory)
+            params, key = checkpoint.restore_params(directory, step, target)
+            return Loaded(task, params, f"{directory}/{step} ({key})", step)
+        if run == config.get("resume") or which != "latest":
+            raise ValueError(f"No checkpoint under {directory} (asked for: {which}).")
+    if config.get("init_from"):
+        return Loaded(task, pretrained_params(config, task, target),
+                      f"init_from {config.init_from}", 0)
+    raise ValueError(f"No weights to use: no checkpoint in {epath.Path(workdir) / folder} and no "
+                     "config.resume or config.init_from.")

@@ -1,0 +1,219 @@
+"""What each model kind means to the rest of the code (scenic's pattern: the model owns its task).
+
+A task wraps one model and owns, for its kind: the forward pass of each training phase, the loss,
+the per-example evaluation outputs, their summary and figures, the FLOPs, the predictor, and how
+foreign weights map onto it. The training loop, evaluation, prediction and loading call these
+and never ask which kind they hold: this module is the only place that knows.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lfvit_jax import flops, objective, plotting, reports, sweep
+from lfvit_jax.inference import EarlyExitPredictor, SinglePassPredictor
+from lfvit_jax.models import DeiT, LFViT, resolve_width
+
+
+def _masked_mean(x, mask):
+    return float(np.sum(x * mask) / max(np.sum(mask), 1))
+
+
+def _probs(logits):
+    return jax.nn.softmax(logits.astype(jnp.float32), -1)
+
+
+class Task:
+    """The common part: construction, config and the single-logits classifier's pieces."""
+    name = None  # config.model.name
+    model_class = None
+    own_fields = ()  # config.model keys that only this kind reads
+    grid = None  # geometry.Grid of its regions, for a kind that picks regions
+
+    def __init__(self, model):
+        self.model = model
+
+    def model_config(self):
+        """The model's constructor arguments as a JSON-ready `config.model`."""
+        fields = {k: getattr(self.model, k) for k in self.model.__dataclass_fields__
+                  if k not in ("parent", "name")}
+        return {"name": self.name, **{k: list(v) if isinstance(v, tuple) else v
+                                      for k, v in fields.items()}}
+
+    def init_params(self, rng):
+        size = self.model.img_size
+        return self.model.init({"params": rng}, jnp.zeros((1, size, size, 3)))["params"]
+
+    def adapt_state_dict(self, sd):
+        """(state_dict, prefixes of Flax paths that may stay freshly initialised)."""
+        return sd, ()
+
+    def predictor(self, variables, batch_size, sharding=None, micro_batch=0):
+        return SinglePassPredictor(self.model, variables, batch_size, sharding, micro_batch)
+
+
+class DeiTTask(Task):
+    name, model_class = "deit", DeiT
+
+    def phase(self, step, selection_start):
+        return "full"
+
+    def describe(self, selection_start):
+        return "DeiT"
+
+    def forward(self, params, images, *, train, phase="full", rng=None):
+        rngs = {"dropout": rng} if rng is not None else {}
+        return self.model.apply({"params": params}, images, train=train, rngs=rngs)
+
+    def loss(self, out, targets, loss="ce_kl"):
+        ce = objective.soft_cross_entropy(out["logits"], targets)
+        return ce, {"ce": ce}
+
+    def eval_outputs(self, params, images):
+        return {"probs": _probs(self.forward(params, images, train=False)["logits"])}
+
+    def flops(self):
+        return flops.deit_summary(self.model)
+
+    def flops_report(self, focus_mode="region"):
+        return flops.deit_report(self.model)
+
+    def summarize(self, arrays, thresholds):
+        mask = arrays["_mask"].astype(bool)
+        return {"examples": int(mask.sum()),
+                "top1": _masked_mean(arrays["probs"].argmax(-1) == arrays["label"], mask),
+                **self.flops()}
+
+    def format_summary(self, summary):
+        return f"top-1 {100 * summary['top1']:.2f}%  GFLOPs/image {summary['gflops']:.4f}"
+
+    def figures(self, arrays, summary, images, data_cfg, baseline=None):
+        return {}
+
+
+class LFViTTask(Task):
+    name, model_class = "lfvit", LFViT
+    own_fields = ("region_size", "alpha", "beta", "gca_blocks", "region_method", "fusion",
+                  "reuse_tokens")
+
+    @property
+    def grid(self):
+        return self.model.grid
+
+    def phase(self, step, selection_start):
+        """The focus stage sees the whole fine image until selection starts, then its region."""
+        return "whole" if step < selection_start else "region"
+
+    def describe(self, selection_start):
+        return f"LF-ViT (region selection from step {selection_start})"
+
+    def forward(self, params, images, *, train, phase="region", rng=None):
+        rngs = {"dropout": rng} if rng is not None else {}
+        return self.model.apply({"params": params}, images, train=train, focus=phase, rngs=rngs)
+
+    def loss(self, out, targets, loss="ce_kl"):
+        if loss not in objective.LOSSES:
+            raise ValueError(f"config.loss={loss!r} is not one of {objective.LOSSES}.")
+        ce = objective.soft_cross_entropy(out["focus_logits"], targets)
+        if loss == "ce_kl":
+            second = {"kl": objective.distill_kl(out["focus_logits"], out["loc_logits"])}
+        else:
+            second = {"loc_ce": objective.soft_cross_entropy(out["loc_logits"], targets)}
+        return ce + sum(second.values()), {"ce": ce, **second}
+
+    def eval_outputs(self, params, images):
+        out = self.forward(params, images, train=False)
+        return {"loc_probs": _probs(out["loc_logits"]), "focus_probs": _probs(out["focus_logits"]),
+                "region": out["region"], "coarse_index": out["coarse_index"]}
+
+    def flops(self):
+        return dict(flops.lfvit_summary(self.model), deit_gflops=flops.deit_gflops(self.model))
+
+    def flops_report(self, focus_mode="region"):
+        return flops.lfvit_report(self.model, focus_mode)
+
+    def summarize(self, arrays, thresholds):
+        """Top-1 of both stages, the threshold sweep of `lfvit_jax.sweep` under "exit", and where
+        the dataset has object boxes, how often the region holds the object."""
+        mask, labels = arrays["_mask"].astype(bool), arrays["label"]
+        g = self.flops()
+        out = {"examples": int(mask.sum()),
+               "loc_top1": _masked_mean(arrays["loc_probs"].argmax(-1) == labels, mask),
+               "focus_top1": _masked_mean(arrays["focus_probs"].argmax(-1) == labels, mask)}
+        out.update(top1=out["focus_top1"], stage1_gflops=g["stage1_gflops"],
+                   stage12_gflops=g["stage12_gflops"], deit_gflops=g["deit_gflops"])
+        out["exit"] = sweep.threshold_sweep(arrays["loc_probs"], arrays["focus_probs"], labels,
+                                            mask, g, g["deit_gflops"], thresholds)
+        if "bbox" in arrays:
+            grid = self.grid
+            out["region_hit"] = _masked_mean(grid.centre_hits(arrays["region"], arrays["bbox"]),
+                                             mask)
+            out["region_contains"] = _masked_mean(grid.contains(arrays["region"], arrays["bbox"]),
+                                                  mask)
+        return out
+
+    def format_summary(self, summary):
+        head = (f"localization top-1 {100 * summary['loc_top1']:.2f}%   focus top-1 "
+                f"{100 * summary['focus_top1']:.2f}%")
+        if "region_hit" in summary:
+            head += (f"   region hit {100 * summary['region_hit']:.2f}% (contains the box "
+                     f"{100 * summary['region_contains']:.2f}%)")
+        head += f"   (DeiT of this backbone: {summary['deit_gflops']:.4f} GFLOPs)"
+        return head + "\n" + sweep.format_table(summary["exit"])
+
+    def figures(self, arrays, summary, images, data_cfg, baseline=None):
+        """The budget curve (with a baseline run's point when given), the stage counts, and the
+        regions over `images` (the first rows of `arrays`) when there are any."""
+        out = {"budget_curve.png": plotting.budget_curve_figure(summary["exit"], baseline),
+               "stage_counts.png": plotting.stage_counts_figure(summary["exit"])}
+        if images is not None and len(images):
+            out["overlays.png"] = reports.overlays_figure(self.grid, arrays, images,
+                                                          data_cfg)
+        return out
+
+    def predictor(self, variables, batch_size, sharding=None, micro_batch=0):
+        return EarlyExitPredictor(self.model, variables, batch_size, sharding=sharding,
+                                  micro_batch=micro_batch)
+
+    def adapt_state_dict(self, sd):
+        """A timm DeiT state_dict gets LF-ViT's two position embeddings (its reuse block stays
+        fresh); without fusion, the checkpoint's reuse block is dropped."""
+        from lfvit_jax import pretrained
+        fresh = ()
+        if "pos_embed" in sd:
+            sd, fresh = pretrained.deit_into_lfvit(sd, self.model.h1), ("reuse_block_",)
+        if not self.model.fusion and any(k.startswith("reuse_block.") for k in sd):
+            pretrained.log.warning("fusion=False: the checkpoint's reuse block is not used.")
+            sd = {k: v for k, v in sd.items() if not k.startswith("reuse_block.")}
+        return sd, fresh
+
+
+TASKS = {task.name: task for task in (LFViTTask, DeiTTask)}
+
+
+def build(model_cfg):
+    """The task of a dict-like `config.model` (see configs/lfvit_deit_s.py), with its model."""
+    cfg = dict(model_cfg)
+    name = cfg.pop("name", "lfvit")
+    if name not in TASKS:
+        raise ValueError(f"Unknown model name {name!r}; choose one of {sorted(TASKS)}.")
+    task = TASKS[name]
+    width, depth, heads, mlp = resolve_width(
+        cfg.pop("variant", None), cfg.pop("width", None), cfg.pop("depth", None),
+        cfg.pop("num_heads", None), cfg.pop("mlp_dim", None))
+    kwargs = dict(width=width, depth=depth, num_heads=heads, mlp_dim=mlp)
+    others = {f for t in TASKS.values() for f in t.own_fields} - set(task.own_fields)
+    for key, value in cfg.items():
+        if key in others:
+            continue  # e.g. a DeiT baseline config that keeps LF-ViT's fields: they do not apply
+        if key not in task.model_class.__dataclass_fields__ or key in ("parent", "name"):
+            raise ValueError(f"Unknown model config key {key!r} for {name}.")
+        kwargs[key] = tuple(value) if isinstance(value, list) else value  # lists from JSON
+    return task(task.model_class(**kwargs))
+
+
+def for_model(model):
+    """The task of a model built elsewhere."""
+    for task in TASKS.values():
+        if type(model) is task.model_class:
+            return task(model)
+    raise ValueError(f"No task for model {type(model).__name__}; use LFViT or DeiT.")

@@ -1,0 +1,106 @@
+"""A run's folder: what is in it, and the rules for writing there.
+
+  config.json            the config the run trains with (written once its start is validated)
+  checkpoints/, best/    orbax (lfvit_jax.checkpoint)
+  metrics.jsonl, events.out.tfevents.*   training curves
+  eval_result.json, eval_arrays.npz, *.png   the final evaluation of training
+  eval_step<S>_<tag>/    each `main.py --mode eval`: step S, tag = a hash of the config used
+  predictions_<n>/       each `main.py --mode predict` without --output
+"""
+import hashlib
+import json
+
+import jax
+import ml_collections
+from etils import epath
+from jax.experimental import multihost_utils
+
+CONFIG_FILE = "config.json"
+# Config sections that must agree between a workdir's checkpoint and the run continuing it.
+RESUME_MUST_MATCH = ("model", "param_sharding", "ema_decay", "grad_accum")
+
+
+def _plain(config):
+    """Nested dicts of JSON values (tuples as lists), as config.json holds them."""
+    return json.loads(json.dumps(config.to_dict() if hasattr(config, "to_dict") else config,
+                                 default=lambda x: x.to_dict()))
+
+
+def read_config(workdir):
+    """The run's own config (a ConfigDict), or None when the folder holds no run."""
+    path = epath.Path(workdir) / CONFIG_FILE
+    return ml_collections.ConfigDict(json.loads(path.read_text())) if path.exists() else None
+
+
+def differences(a, b, prefix=""):
+    """Dotted keys whose values differ between two (nested) configs."""
+    a, b = _plain(a), _plain(b)
+    out = []
+    for key in sorted(set(a) | set(b)):
+        x, y = a.get(key), b.get(key)
+        if isinstance(x, dict) and isinstance(y, dict):
+            out += differences(x, y, f"{prefix}{key}.")
+        elif x != y:
+            out.append(f"{prefix}{key}")
+    return out
+
+
+def check_resumable(config, workdir):
+    """Refuses a config that cannot continue the run already in `workdir`."""
+    old = read_config(workdir)
+    if old is None:
+        return
+    new = _plain(config)
+    diffs = differences({k: old.get(k) for k in RESUME_MUST_MATCH},
+                        {k: new.get(k) for k in RESUME_MUST_MATCH})
+    if diffs:
+        raise ValueError(
+            f"{workdir} holds a run with a different {diffs} (see {workdir}/{CONFIG_FILE}); its "
+            "checkpoint cannot continue with this config. Use a fresh --workdir or the original "
+            "config.")
+
+
+def check_same_model(config, workdir):
+    """For evaluating or predicting with a run: a given config must build the run's model."""
+    old = read_config(workdir)
+    diffs = [] if old is None else differences({"model": old.model}, {"model": config.model})
+    if diffs:
+        raise ValueError(
+            f"The given config's model differs from the run in {workdir} at {diffs}, so the "
+            "numbers would not be the run's. Omit --config to use the run's own config.json; to "
+            f"try other settings on its weights, use --config.resume={workdir} with a new "
+            "--workdir.")
+
+
+def write_config(config, workdir):
+    """Process 0 writes config.json; every process waits for it, so none reads a half file."""
+    if jax.process_index() == 0:
+        path = epath.Path(workdir)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / CONFIG_FILE).write_text(config.to_json(indent=1))
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("lfvit_jax: config.json written")
+
+
+def config_tag(config):
+    return hashlib.sha1(config.to_json(sort_keys=True).encode()).hexdigest()[:8]
+
+
+def eval_dir(workdir, step, config):
+    return epath.Path(workdir) / f"eval_step{step}_{config_tag(config)}"
+
+
+def fresh_dir(workdir, prefix="predictions"):
+    """The first `<prefix>_<n>` under workdir that does not exist yet."""
+    n = 1
+    while (epath.Path(workdir) / f"{prefix}_{n}").exists():
+        n += 1
+    return epath.Path(workdir) / f"{prefix}_{n}"
+
+
+def check_output(path, overwrite):
+    """An existing non-empty output folder is kept unless `overwrite`."""
+    path = epath.Path(path)
+    if path.exists() and any(path.iterdir()) and not overwrite:
+        raise ValueError(f"{path} exists and is not empty; choose a new --output, or pass "
+                         "--overwrite to replace its files.")
