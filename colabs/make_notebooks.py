@@ -54,7 +54,7 @@ def quickstart():
             "import jax\n"
             "import numpy as np\n"
             "from IPython.display import display\n\n"
-            "from lfvit_jax import demo, evaluate, figures, load_pretrained\n"
+            "from lfvit_jax import demo, figures, load_pretrained\n"
             "from lfvit_jax.data import imagenet_config\n\n"
             "# A converted ImageNet checkpoint (python -m lfvit_jax.convert SRC DST) if you have\n"
             "# one; otherwise the demo model, trained here on first use.\n"
@@ -83,10 +83,10 @@ def quickstart():
             "# which half of its test images exit.\n"
             "THRESHOLD = 0.76\n"
             "if not CHECKPOINT:\n"
-            "    _, arrays, summary, images = demo.evaluate_split(config, workdir)\n"
+            "    task, arrays, summary, images = demo.evaluate_split(config, workdir)\n"
             "    THRESHOLD = figures.half_exit_threshold(arrays)\n"
-            "    print(evaluate.format_table(summary).splitlines()[0])\n"
-            "    display(figures.split_overlays(model, arrays, images, data_cfg, np.arange(8),\n"
+            "    print(task.format_summary(summary).splitlines()[0])\n"
+            "    display(figures.split_overlays(model.grid, arrays, images, data_cfg, np.arange(8),\n"
             "                                   THRESHOLD))"),
         new_markdown_cell(
             "## Photographs\n\n"
@@ -97,12 +97,12 @@ def quickstart():
         new_code_cell(
             "import skimage.data\n"
             "from PIL import Image\n\n"
-            "from lfvit_jax.predict import preprocess\n\n"
+            "from lfvit_jax.inputs import preprocess\n\n"
             "names = [\"astronaut\", \"coffee\", \"chelsea\", \"rocket\"]\n"
             "photos = np.stack([preprocess(Image.fromarray(getattr(skimage.data, n)()), data_cfg,\n"
             "                              model.img_size) for n in names])\n"
             "out = jax.jit(model.apply)(variables, photos, THRESHOLD)\n"
-            "display(figures.prediction_overlays(model, photos, out, data_cfg, names))"),
+            "display(figures.prediction_overlays(model.grid, photos, out, data_cfg, names))"),
     ]
 
 
@@ -122,7 +122,8 @@ def tradeoff_explorer():
             "from lfvit_jax import demo, figures, plotting, sweep\n\n"
             "config, workdir = demo.config(), demo.workdir()\n"
             "demo.ensure_trained(config, workdir)\n"
-            "model, arrays, summary, images = demo.evaluate_split(config, workdir)\n"
+            "task, arrays, summary, images = demo.evaluate_split(config, workdir)\n"
+            "grid = task.grid\n"
             "mask = arrays[\"_mask\"].astype(bool)\n"
             "gflops = {k: summary[k] for k in (\"stage1_gflops\", \"stage12_gflops\")}\n"
             "def sweep_at(thresholds):\n"
@@ -152,8 +153,8 @@ def tradeoff_explorer():
             "the whole box. Windows sit on the coarse-token grid, so a box that straddles it "
             "fits in no window; the last rate is that ceiling."),
         new_code_cell(
-            "rates = figures.localization_rates(model, arrays)\n"
-            "side = 2 * model.patch * model.region_size\n"
+            "rates = figures.localization_rates(grid, arrays, summary)\n"
+            "side = 2 * grid.patch * grid.m\n"
             "print(f\"NGCA region ({side}x{side} px) contains the digit's centre: \"\n"
             "      f\"{100 * rates['region_hit']:.1f}% of {rates['examples']} test images\")\n"
             "print(f\"NGCA region contains the digit's whole box:   {100 * rates['region_contains']:.1f}%\")\n"
@@ -164,7 +165,7 @@ def tradeoff_explorer():
             "their confidence). Bottom row: the least confident, which go to the focus stage."),
         new_code_cell(
             "THRESHOLD = figures.half_exit_threshold(arrays)  # about half the test images exit\n"
-            "display(figures.easy_and_hard(model, arrays, images, config.data, THRESHOLD))"),
+            "display(figures.easy_and_hard(grid, arrays, images, config.data, THRESHOLD))"),
     ]
 
 
@@ -222,7 +223,7 @@ def training_walkthrough():
     ]
 
 
-def main():
+def main(out_dir=HERE):
     for name, cells in (("quickstart", quickstart()), ("tradeoff_explorer", tradeoff_explorer()),
                         ("training_walkthrough", training_walkthrough())):
         for i, cell in enumerate(cells):
@@ -231,7 +232,7 @@ def main():
             "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
             "language_info": {"name": "python"}})
         nbformat.validate(nb)
-        path = os.path.join(HERE, f"{name}.ipynb")
+        path = os.path.join(out_dir, f"{name}.ipynb")
         nbformat.write(nb, path)
         print("wrote", path)
 
