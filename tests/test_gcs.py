@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import fsspec
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -49,6 +50,7 @@ def launch(args, env, cwd, script=(os.path.join(ROOT, "main.py"),)):
 
 def finish(proc, timeout=400):
     out, _ = proc.communicate(timeout=timeout)
+    fsspec.filesystem("gcs").invalidate_cache()  # epath's: its cached listings are stale
     return proc.returncode, out
 
 
@@ -90,7 +92,8 @@ def test_run_in_a_bucket(gcs, data, env, tmp_path):
     # eval and predict read the run from the bucket and write there.
     rc, out = finish(launch(["--mode", "eval", "--workdir", killed], env, cwd))
     assert rc == 0, out
-    (folder,) = [p for p in storage.path(killed).iterdir() if p.name.startswith("eval_step8_")]
+    assert f"results in {killed}/eval_step8_" in out, out
+    folder = storage.path(out.split("results in ")[1].split()[0])
     assert json.loads((folder / "eval_result.json").read_text())["top1"] == trained["top1"]
     rng = np.random.default_rng(0)
     for i in range(5):
