@@ -27,7 +27,17 @@ def use_emulator_settings():
         os.environ.setdefault(GCSFS_GRPC_PROBE_ENV, "false")
 
 
+def list_without_cache():
+    """gcsfs keeps every folder listing it fetched, forever by default: a file another process
+    wrote since (a checkpoint, an eval folder, another host's output) stays invisible to
+    exists(), iterdir() and open(). Every listing is fetched anew instead."""
+    import fsspec.config
+    for protocol in ("gs", "gcs"):
+        fsspec.config.conf.setdefault(protocol, {})["use_listings_cache"] = False
+
+
 use_emulator_settings()
+list_without_cache()
 
 
 def is_remote(path):

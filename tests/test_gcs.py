@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 
-import fsspec
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -50,7 +49,6 @@ def launch(args, env, cwd, script=(os.path.join(ROOT, "main.py"),)):
 
 def finish(proc, timeout=400):
     out, _ = proc.communicate(timeout=timeout)
-    fsspec.filesystem("gcs").invalidate_cache()  # epath's: its cached listings are stale
     return proc.returncode, out
 
 
@@ -86,7 +84,9 @@ def test_run_in_a_bucket(gcs, data, env, tmp_path):
         np.testing.assert_array_equal(a[key], b[key], err_msg=str(key))
     trained = json.loads(storage.path(f"{killed}/eval_result.json").read_text())
     lines = storage.path(f"{killed}/metrics.jsonl").read_text().splitlines()
-    assert [json.loads(l)["step"] for l in lines if "train/loss" in l] == [2, 4, 6, 8]
+    # The killed run may have logged step 6 before it died; the resumed run logs 6 and 8.
+    logged = [json.loads(l)["step"] for l in lines if "train/loss" in l]
+    assert sorted(set(logged)) == [2, 4, 6, 8] and logged[-2:] == [6, 8], logged
     assert any(p.name.startswith("events.out.tfevents") for p in storage.path(killed).iterdir())
 
     # eval and predict read the run from the bucket and write there.
