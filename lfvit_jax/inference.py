@@ -68,9 +68,17 @@ class Predictor:
         self._slices = partial(in_slices, micro_batch=micro_batch, devices=self.devices)
 
     def _put(self, images):
-        if images.shape[0] != self.batch_size:
-            raise ValueError(f"Expected a batch of {self.batch_size} images, got {images.shape[0]}; "
-                             "pad the last batch (and ignore the padded outputs).")
+        """A batch, or with several processes this process's share of it (its rows of the
+        global batch), onto the devices."""
+        several = self.sharding is not None and not self.sharding.is_fully_addressable
+        expected = self.batch_size // jax.process_count() if several else self.batch_size
+        if images.shape[0] != expected:
+            share = f" (this process's share of {self.batch_size})" if several else ""
+            raise ValueError(f"Expected a batch of {expected} images{share}, got "
+                             f"{images.shape[0]}; pad the last batch (and ignore the padded "
+                             "outputs).")
+        if several:
+            return parallel.to_global(images, self.sharding)
         return images if self.sharding is None else jax.device_put(images, self.sharding)
 
     def _per_device(self, index):

@@ -32,6 +32,11 @@ def list_inputs(paths):
     return out
 
 
+def item_name(path, index):
+    """The name of item `index` read from `path`: the path itself, or `path[index]` for .npz."""
+    return f"{path}[{index}]" if path.endswith(".npz") else path
+
+
 def read_items(paths, data_cfg, size):
     """Yields (name, image (S, S, 3) float32 or None, error message or None)."""
     for path in paths:
@@ -46,7 +51,7 @@ def read_items(paths, data_cfg, size):
                                    f"{size}, 3), normalized float32")
                 continue
             for i, img in enumerate(images.astype(np.float32)):
-                yield f"{path}[{i}]", img, None
+                yield item_name(path, i), img, None
             continue
         data = storage.path(path).read_bytes()
         try:

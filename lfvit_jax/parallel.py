@@ -4,6 +4,7 @@ Batches are split over 'data'. Parameters and optimizer state are replicated, or
 `param_sharding='fsdp'` each array is split over 'data' along its largest divisible dimension
 (ZeRO-3 style: XLA inserts the all-gathers and reduce-scatters under jit).
 """
+import json
 import os
 
 import jax
@@ -92,6 +93,27 @@ def host_array(x):
         return np.asarray(x)
     from jax.experimental import multihost_utils
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def gather_rows(x):
+    """This process's numpy rows -> every process's rows, concatenated in process order (the
+    order of a batch sharded over 'data')."""
+    if jax.process_count() == 1:
+        return np.asarray(x)
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(np.asarray(x), tiled=True))
+
+
+def gather_json(obj):
+    """A JSON-serializable value from every process, as a list in process order."""
+    if jax.process_count() == 1:
+        return [obj]
+    data = np.frombuffer(json.dumps(obj).encode(), np.uint8)
+    lengths = gather_rows(np.array([data.size], np.int64))
+    padded = np.zeros(int(lengths.max()), np.uint8)
+    padded[:data.size] = data
+    rows = gather_rows(padded[None])
+    return [json.loads(row[:n].tobytes()) for row, n in zip(rows, lengths)]
 
 
 def put_global(tree, shardings):

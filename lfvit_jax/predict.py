@@ -11,6 +11,7 @@ refined tokens over the input view.
 """
 import collections
 import io
+import itertools
 import json
 import logging
 import os
@@ -21,7 +22,7 @@ import numpy as np
 from etils import epath
 
 from lfvit_jax import loading, parallel, plotting, reports, tasks, workdir as rundir
-from lfvit_jax.inputs import list_inputs, read_items
+from lfvit_jax.inputs import item_name, list_inputs, read_items
 
 SAVE_LOGITS = ("final", "all")
 
@@ -74,42 +75,63 @@ def predict(model, variables, inputs, data_cfg, out_dir, threshold, batch_size=3
             sharding=None, progress=True, overlays_dir=None, save_logits="final",
             class_names=None):
     """Classifies `inputs` (streaming early exit; both stages on every image with
-    save_logits='all'), writes the files above into `out_dir` and returns a summary dict."""
+    save_logits='all'), writes the files above into `out_dir` and returns a summary dict.
+
+    With several processes (`sharding` over all of their devices, the same call in each), the
+    input files are dealt out in blocks of batch_size / processes: process p reads and decodes
+    blocks p, p + P, ..., so a global batch of image files holds the same images as in one
+    process. Every process runs the same number of batches (padded when its files run out);
+    the outputs are gathered and process 0 writes them in the inputs' order."""
     from tqdm import tqdm
 
     if save_logits not in SAVE_LOGITS:
         raise ValueError(f"save_logits={save_logits!r} is not one of {SAVE_LOGITS}.")
+    processes = jax.process_count()
+    if overlays_dir and processes > 1:
+        raise ValueError("Overlays are written by one process: run predict with "
+                         "--save_overlays in a single process.")
+    if batch_size % processes:
+        raise ValueError(f"Batch size {batch_size} must be a multiple of the {processes} "
+                         "processes.")
     task = tasks.for_model(model)
     files = list_inputs(inputs)
     predictor = task.predictor(variables, batch_size, sharding)
     if overlays_dir:
         epath.Path(overlays_dir).mkdir(parents=True, exist_ok=True)
-    size, grid = model.img_size, task.grid
-    records, skipped, in_flight = [], [], collections.deque()  # (name, image) per queued batch
+    size, grid, share = model.img_size, task.grid, batch_size // processes
+    mine = [i for i in range(len(files)) if (i // share) % processes == jax.process_index()]
+    records, keys, skipped = [], [], []  # keys: (file index, item index) per record
+    in_flight = collections.deque()  # per queued batch: its global keys, this process's images
     arrays = collections.defaultdict(list)
     start = time.perf_counter()
 
-    def batches(bar):
-        """Full batches of the readable inputs (the last one padded)."""
-        pending = []
-        for name, img, error in read_items(files, data_cfg, size):
-            bar.update(1)
-            if error:
-                logging.warning("Skipping %s: %s", name, error)
-                skipped.append({"file": name, "error": error})
-                continue
-            pending.append((name, img))
-            if len(pending) == batch_size:
-                yield stack(pending)
-                pending = []
-        if pending:
-            yield stack(pending)
+    def items(bar):
+        """(key, image) of this process's readable inputs."""
+        for i in mine:
+            for j, (name, img, error) in enumerate(read_items([files[i]], data_cfg, size)):
+                bar.update(1)
+                if error:
+                    logging.warning("Skipping %s: %s", name, error)
+                    skipped.append([i, j, {"file": name, "error": error}])
+                else:
+                    yield (i, j), img
 
-    def stack(pending):
-        in_flight.append(pending)
-        batch = np.zeros((batch_size, size, size, 3), np.float32)
-        batch[:len(pending)] = [img for _, img in pending]
-        return batch
+    def batches(bar):
+        """This process's rows of each global batch (padded), until no process has any left."""
+        readable = items(bar)
+        while True:
+            pending = list(itertools.islice(readable, share))
+            local_keys = np.full((share, 2), -1, np.int64)
+            for row, (key, _) in zip(local_keys, pending):
+                row[:] = key
+            global_keys = parallel.gather_rows(local_keys)
+            if (global_keys[:, 0] < 0).all():
+                return
+            batch = np.zeros((share, size, size, 3), np.float32)
+            for row, (_, img) in zip(batch, pending):
+                row[:] = img
+            in_flight.append((global_keys, [img for _, img in pending]))
+            yield batch
 
     def outputs(batches):
         if save_logits == "final":  # hard images queue across batches: full focus buckets
@@ -119,15 +141,25 @@ def predict(model, variables, inputs, data_cfg, out_dir, threshold, batch_size=3
 
     with tqdm(unit="img", disable=not progress, desc="predict") as bar:
         for out in outputs(batches(bar)):
-            for k, (name, img) in enumerate(in_flight.popleft()):
+            global_keys, images = in_flight.popleft()
+            for k, (i, j) in enumerate(global_keys):
+                if i < 0:
+                    continue
+                name = item_name(files[i], j)
                 records.append(_record(name, out, k, grid, class_names))
+                keys.append((i, j))
                 for key in ("logits", "loc_logits", "focus_logits", "exited", "region"):
                     if key in out:
                         arrays[key].append(out[key][k])
                 if overlays_dir and grid is not None and "error" not in records[-1]:
                     save_overlay(epath.Path(overlays_dir) / overlay_name(len(records) - 1, name),
-                                 img, records[-1], grid, data_cfg)
+                                 images[k], records[-1], grid, data_cfg)
     seconds = time.perf_counter() - start
+    order = sorted(range(len(keys)), key=keys.__getitem__)  # the inputs' order
+    records = [records[n] for n in order]
+    arrays = {key: [values[n] for n in order] for key, values in arrays.items()}
+    skipped = [entry for *_, entry in sorted(sum(parallel.gather_json(skipped), []),
+                                             key=lambda e: e[:2])]
     classified = [r for r in records if "error" not in r]
     summary = {"images": len(files), "predicted": len(classified), "skipped": len(skipped),
                "nonfinite": len(records) - len(classified),
@@ -174,5 +206,5 @@ def predict_checkpoint(config, workdir, inputs, threshold, batch_size, output=No
     return predict(loaded.task.model, {"params": loaded.params}, inputs, config.data, out_dir,
                    threshold, batch_size, sharding=parallel.batch_sharding(mesh),
                    progress=jax.process_index() == 0,
-                   overlays_dir=overlays_dir if jax.process_index() == 0 else None,
+                   overlays_dir=overlays_dir,
                    save_logits=save_logits, class_names=names)

@@ -1,0 +1,105 @@
+"""`main.py --mode eval|predict` in two processes x 4 CPU devices (127.0.0.1) give exactly what one
+process x 8 devices gives: the same eval summary, the same predictions in the same order."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lfvit_jax import evaluate, predict, train
+from lfvit_jax.config_args import load_config
+from test_train_multiprocess import free_port
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(TESTS)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A finished runlocal LF-ViT run (8 steps), trained here with 8 devices."""
+    root = tmp_path_factory.mktemp("mp")
+    config = load_config("demo.py:runlocal")
+    config.data.data_dir = str(root / "data")
+    config.eval_batch_size = 200  # 100 per process, 25 per device
+    train.train_and_evaluate(config, str(root / "run"))
+    return root / "run", config
+
+
+def two_processes(args):
+    """main.py in two processes of 4 devices each; returns process 0's output."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, TESTS]), JAX_PLATFORMS="cpu",
+               XLA_FLAGS="--xla_force_host_platform_device_count=4",
+               JAX_DEFAULT_MATMUL_PRECISION="highest")  # as conftest sets for this process
+    address = f"127.0.0.1:{free_port()}"
+    procs = [subprocess.Popen([sys.executable, os.path.join(ROOT, "main.py"), *args,
+                               f"--coordinator_address={address}", "--num_processes=2",
+                               f"--process_id={i}"], env=env, cwd=ROOT, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+              for i in range(2)]
+    outs = []
+    try:
+        for p in procs:
+            outs.append(p.communicate(timeout=300)[0])
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert all(p.returncode == 0 for p in procs), "\n".join(outs)
+    return outs[0]
+
+
+def last_json(out):
+    return json.loads([l for l in out.splitlines() if l.startswith("{")][-1])
+
+
+def test_eval_in_two_processes_equals_one(run):
+    workdir, config = run
+    loaded, _, summary, _ = evaluate.evaluate_weights(config, str(workdir))
+    out = two_processes(["--mode=eval", f"--workdir={workdir}"])
+    multi = last_json(out)
+    assert multi.pop("step") == loaded.step == 8
+    assert multi == json.loads(json.dumps(summary))
+
+
+def test_predict_in_two_processes_equals_one(run, tmp_path):
+    workdir, config = run
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(10):
+        canvas = np.zeros((64, 64), np.uint8)
+        canvas[rng.integers(0, 36):, rng.integers(0, 36):][:28, :28] = rng.integers(
+            0, 255, (28, 28), np.uint8)
+        Image.fromarray(canvas).save(images / f"img{i:02d}.png")
+    (images / "zz_broken.png").write_bytes(b"not a png")  # last: batches stay the same
+
+    def single(threshold, out):
+        return predict.predict_checkpoint(config, str(workdir), [str(images)], threshold,
+                                          batch_size=8, output=str(out))
+    # An exit threshold between the images' confidences: some exit, some go on to focus.
+    single(0.5, tmp_path / "probe")
+    confidences = sorted(r["loc_confidence"] for r in rows(tmp_path / "probe"))
+    threshold = (confidences[4] + confidences[5]) / 2
+    one = single(threshold, tmp_path / "one")
+    assert 0 < one["exited_fraction"] < 1 and one["skipped"] == 1
+    out = two_processes(["--mode=predict", f"--workdir={workdir}", f"--input={images}",
+                         "--predict_batch_size=8", f"--threshold={threshold!r}",
+                         f"--output={tmp_path / 'two'}"])
+    two = last_json(out)
+    assert {k: two[k] for k in ("images", "predicted", "skipped", "exited_fraction")} == {
+        k: one[k] for k in ("images", "predicted", "skipped", "exited_fraction")}
+    assert [s["file"] for s in two["skipped_files"]] == [str(images / "zz_broken.png")]
+    assert rows(tmp_path / "two") == rows(tmp_path / "one")
+    assert [r["file"] for r in rows(tmp_path / "two")] == [
+        str(images / f"img{i:02d}.png") for i in range(10)]
+    a, b = np.load(tmp_path / "one/predictions.npz"), np.load(tmp_path / "two/predictions.npz")
+    assert sorted(a.files) == sorted(b.files)
+    for key in a.files:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def rows(folder):
+    return [json.loads(l) for l in (folder / "predictions.jsonl").read_text().splitlines()]
