@@ -117,8 +117,9 @@ def check_shapes(saved, target, where, show=5):
 class PreemptionFlag:
     """Set by SIGTERM, so the loop saves a checkpoint and exits at the next step boundary.
 
-    With several processes, JAX's own preemption notifier (started by jax.distributed) catches the
-    signal and its sync point makes every process stop at the same step.
+    With several processes, JAX's preemption service (started by jax.distributed.initialize)
+    catches SIGTERM in any one of them and tells the others; its sync point is the same step in
+    every process, so all save that step and stop together.
     """
 
     def __init__(self):
