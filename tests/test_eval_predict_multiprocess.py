@@ -64,7 +64,8 @@ def test_eval_in_two_processes_equals_one(run):
     assert multi == json.loads(json.dumps(summary))
 
 
-def test_predict_in_two_processes_equals_one(run, tmp_path):
+@pytest.mark.parametrize("save_logits", ["final", "all"])  # streaming; both stages on all
+def test_predict_in_two_processes_equals_one(run, tmp_path, save_logits):
     workdir, config = run
     images = tmp_path / "images"
     images.mkdir()
@@ -78,7 +79,8 @@ def test_predict_in_two_processes_equals_one(run, tmp_path):
 
     def single(threshold, out):
         return predict.predict_checkpoint(config, str(workdir), [str(images)], threshold,
-                                          batch_size=8, output=str(out))
+                                          batch_size=8, output=str(out),
+                                          save_logits=save_logits)
     # An exit threshold between the images' confidences: some exit, some go on to focus.
     single(0.5, tmp_path / "probe")
     confidences = sorted(r["loc_confidence"] for r in rows(tmp_path / "probe"))
@@ -87,7 +89,7 @@ def test_predict_in_two_processes_equals_one(run, tmp_path):
     assert 0 < one["exited_fraction"] < 1 and one["skipped"] == 1
     out = two_processes(["--mode=predict", f"--workdir={workdir}", f"--input={images}",
                          "--predict_batch_size=8", f"--threshold={threshold!r}",
-                         f"--output={tmp_path / 'two'}"])
+                         f"--output={tmp_path / 'two'}", f"--save_logits={save_logits}"])
     two = last_json(out)
     assert {k: two[k] for k in ("images", "predicted", "skipped", "exited_fraction")} == {
         k: one[k] for k in ("images", "predicted", "skipped", "exited_fraction")}
