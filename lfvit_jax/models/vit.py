@@ -39,7 +39,7 @@ def gelu(x):
 
 
 class Dense(nn.Module):
-    """nn.Dense (same parameters, same float32 result) with its matmul under the precision policy."""
+    """nn.Dense (same parameters, same float32 result), its matmul under the precision policy."""
     features: int
     init: str = "deit"
     matmul_dtype: str = "float32"
@@ -197,7 +197,8 @@ class Block(nn.Module):
         elif query_index is not None:
             x = jnp.take_along_axis(x, query_index[:, :, None], axis=1)
         x = x + DropPath(self.drop_path)(y, deterministic)
-        y = Mlp(self.mlp_dim, self.dense_init, self.matmul_dtype, name="mlp")(layer_norm("norm2")(x))
+        mlp = Mlp(self.mlp_dim, self.dense_init, self.matmul_dtype, name="mlp")
+        y = mlp(layer_norm("norm2")(x))
         x = x + DropPath(self.drop_path)(y, deterministic)
         return x, probs[:, :, 0, :]
 
