@@ -41,12 +41,12 @@ def gelu(x):
 class Dense(nn.Module):
     """nn.Dense (same parameters, same float32 result), its matmul under the precision policy."""
     features: int
-    init: str = "deit"
+    dense_init: str = "deit"
     matmul_dtype: str = "float32"
 
     @nn.compact
     def __call__(self, x):
-        kernel = self.param("kernel", DENSE_INITS[self.init], (x.shape[-1], self.features))
+        kernel = self.param("kernel", DENSE_INITS[self.dense_init], (x.shape[-1], self.features))
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
         return precision.dense(x, kernel, bias, self.matmul_dtype)
 
