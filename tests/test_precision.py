@@ -138,5 +138,6 @@ def test_bfloat16_training_keeps_float32_state_and_gradients_close():
 
 def test_unknown_precision_is_a_clear_error():
     model, variables, ref = load_dump(DUMPS[0])
+    images = ref["input_full"].transpose(0, 2, 3, 1)
     with pytest.raises(ValueError, match="matmul_dtype='float16'"):
-        model.clone(matmul_dtype="float16").apply(variables, ref["input_full"].transpose(0, 2, 3, 1))
+        model.clone(matmul_dtype="float16").apply(variables, images)
