@@ -99,7 +99,7 @@ def main(argv=None):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from lfvit_jax import flops
     from lfvit_jax.inference import DEFAULT_BUCKETS, EarlyExitPredictor, in_slices
-    from lfvit_jax.models import DeiT, LFViT
+    from lfvit_jax.models import DeiT, LFViT, precision
 
     fractions = [float(f) for f in args.fractions.split(",")]
     sharding = NamedSharding(Mesh(np.array(jax.devices()), ("data",)), PartitionSpec("data"))
@@ -115,6 +115,8 @@ def main(argv=None):
     lf_vars = jax.jit(lfvit.init)(key, batches[0][:1])
     # DeiT-S gets the same trunk weights' shapes: its own single position embedding.
     deit_vars = jax.jit(deit.init)(key, batches[0][:1])
+    # As the predictors do: bfloat16 kernels rounded once, not in every call.
+    deit_vars = {"params": precision.cast_kernels(deit_vars["params"], args.precision)}
 
     deit_apply = in_slices(lambda v, x: deit.apply(v, x)["logits"], args.micro_batch,
                            jax.device_count())
