@@ -9,8 +9,9 @@
 eval and predict load parameters only (the workdir's latest checkpoint, `--checkpoint best` or a
 step; else config.resume / config.init_from) and never open the training data. With a trained
 workdir they use its own config.json unless --config is given, and refuse a config whose model
-differs from the run's (--precision aside). Several processes: Slurm tasks join automatically; on a TPU pod add
---multiprocess; elsewhere pass --coordinator_address, --num_processes and --process_id.
+differs from the run's (its matmul precision aside: --precision). Several processes: Slurm tasks
+join automatically; on a TPU pod add --multiprocess; elsewhere pass --coordinator_address,
+--num_processes and --process_id.
 """
 import json
 import sys

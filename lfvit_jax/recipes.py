@@ -50,7 +50,7 @@ def runlocal(config):
     config.data = data.cluttered_mnist_config()
     config.model.update(num_classes=10, img_size=64, patch=8, width=32, depth=2, num_heads=2,
                         mlp_dim=64)
-    if config.model.name == "lfvit":
+    if "region_size" in config.model:  # a model with regions: fit them to the tiny grid
         config.model.update(region_size=2, gca_blocks=(0, 1))
     config.update(batch_size=16, eval_batch_size=100, total_steps=8, log_every_steps=2,
                   checkpoint_every_steps=4, compute_dtype="float32")

@@ -23,7 +23,9 @@ COMPUTE_ONLY = ("model.matmul_dtype",)
 
 
 def _plain(config):
-    return json.loads(config.to_json()) if hasattr(config, "to_json") else dict(config)
+    """Nested dicts of JSON values (tuples as lists), as config.json holds them."""
+    return json.loads(json.dumps(config.to_dict() if hasattr(config, "to_dict") else config,
+                                 default=lambda x: x.to_dict()))
 
 
 def read_config(workdir):
@@ -50,8 +52,9 @@ def check_resumable(config, workdir):
     old = read_config(workdir)
     if old is None:
         return
-    diffs = [d for key in RESUME_MUST_MATCH
-             for d in differences({key: old.get(key)}, {key: _plain(config).get(key)})]
+    new = _plain(config)
+    diffs = differences({k: old.get(k) for k in RESUME_MUST_MATCH},
+                        {k: new.get(k) for k in RESUME_MUST_MATCH})
     if diffs:
         raise ValueError(
             f"{workdir} holds a run with a different {diffs} (see {workdir}/{CONFIG_FILE}); its "
