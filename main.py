@@ -9,8 +9,9 @@
 eval and predict load parameters only (the workdir's latest checkpoint, `--checkpoint best` or a
 step; else config.resume / config.init_from) and never open the training data. With a trained
 workdir they use its own config.json unless --config is given, and refuse a config whose model
-differs from the run's. Several processes: Slurm tasks join automatically; on a TPU pod add
---multiprocess; elsewhere pass --coordinator_address, --num_processes and --process_id.
+differs from the run's (its matmul precision aside: --precision). Several processes: Slurm tasks
+join automatically; on a TPU pod add --multiprocess; elsewhere pass --coordinator_address,
+--num_processes and --process_id.
 """
 import json
 import sys
@@ -43,6 +44,10 @@ flags.DEFINE_enum("save_logits", "final", predict.SAVE_LOGITS, "predict: 'final'
                   "'all' to run both stages on every image and also save its focus logits.")
 flags.DEFINE_string("save_overlays", None, "predict: also write one PNG per image to this "
                     "folder: the region and the refined tokens over the input, and the prediction.")
+flags.DEFINE_enum("precision", None, ["float32", "bfloat16"], "eval/predict: operand dtype of "
+                  "every matmul (sets config.model.matmul_dtype; default the config's, float32). "
+                  "bfloat16 accumulates in float32 and keeps LayerNorm, softmax, GELU, the region "
+                  "choice and the exit decision in float32.")
 flags.DEFINE_bool("multiprocess", False, "Call jax.distributed.initialize() and let JAX find the "
                   "other processes (TPU pod slices, GKE, Slurm). Slurm jobs with several tasks "
                   "are detected without it.")
@@ -74,6 +79,13 @@ def main(argv):
     parallel.maybe_initialize_distributed(FLAGS.multiprocess, FLAGS.coordinator_address,
                                           FLAGS.num_processes, FLAGS.process_id)
     config = resolve_config(FLAGS.mode, FLAGS.workdir)
+    if FLAGS.precision:
+        if FLAGS.mode == "train":
+            raise app.UsageError("--precision is for eval and predict; training sets "
+                                 "config.compute_dtype (its step) and config.model.matmul_dtype "
+                                 "(its evaluations).")
+        with config.unlocked():
+            config.model.matmul_dtype = FLAGS.precision
     which = FLAGS.checkpoint
     if FLAGS.mode == "train":
         train.train_and_evaluate(config, FLAGS.workdir)

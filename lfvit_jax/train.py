@@ -17,13 +17,13 @@ import optax
 
 from lfvit_jax import (checkpoint, evaluate, loading, metrics, optim, parallel, recipes, reports,
                        tasks, workdir as rundir)
+from lfvit_jax.models import precision
 
 log = logging.getLogger(__name__)
 
 # Every top-level config key the loop reads (the recipe's, plus the two sections); anything
 # else is a typo and an error.
 CONFIG_KEYS = frozenset({"model", "data"} | set(recipes.deit_training(ml_collections.ConfigDict())))
-COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -35,9 +35,9 @@ def check_config(config):
     if unknown:
         raise ValueError(f"Unknown config keys {unknown}; the training loop reads "
                          f"{sorted(CONFIG_KEYS)}. Fix the spelling in the config file.")
-    if config.compute_dtype not in COMPUTE_DTYPES:
+    if config.compute_dtype not in precision.MATMUL_DTYPES:
         raise ValueError(f"config.compute_dtype={config.compute_dtype!r} is not one of "
-                         f"{sorted(COMPUTE_DTYPES)}.")
+                         f"{sorted(precision.MATMUL_DTYPES)}.")
     if config.grad_accum < 1:
         raise ValueError(f"config.grad_accum={config.grad_accum} must be >= 1.")
 
@@ -65,20 +65,18 @@ class Schedule:
         self.eval_every = max(to_steps(config.eval_every_epochs), 1)
 
 
-def _cast(tree, dtype):
-    return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
-                        tree)
-
-
 def make_train_step(task, tx, lr_fn, config, mesh, state_shardings, phase):
-    """A jitted, state-donating update on one global batch (split into `grad_accum` parts)."""
-    accum, dtype = config.grad_accum, COMPUTE_DTYPES[config.compute_dtype]
+    """A jitted, state-donating update on one global batch (split into `grad_accum` parts).
+
+    The step's matmuls take `config.compute_dtype` operands (the model's precision policy);
+    parameters, gradients and optimizer state stay float32."""
+    accum = config.grad_accum
+    task = tasks.for_model(task.model.clone(matmul_dtype=config.compute_dtype))
     base_key = jax.random.key(config.seed)
     batch_spec = parallel.batch_sharding(mesh)
 
     def loss_fn(params, images, targets, rng):
-        out = task.forward(_cast(params, dtype), images.astype(dtype), train=True,
-                           phase=phase, rng=rng)
+        out = task.forward(params, images, train=True, phase=phase, rng=rng)
         return task.loss(out, targets, config.loss)
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
