@@ -11,6 +11,7 @@ import json
 
 import jax
 import numpy as np
+from absl import flags
 from jax.experimental import multihost_utils
 
 from lfvit_jax import loading, parallel, reports, sweep, workdir as rundir
@@ -91,16 +92,20 @@ def match_baseline(lfvit_dir, baseline_dir, num=1001):
     return out
 
 
-def main(argv):
+def define_flags(fv, argv):
     del argv
+    flags.DEFINE_string("workdir", None, "A finished LF-ViT training run.", flag_values=fv)
+    flags.DEFINE_string("baseline", None, "A finished baseline (DeiT) run of the same data.",
+                        flag_values=fv)
+    flags.mark_flags_as_required(["workdir", "baseline"], flag_values=fv)
+
+
+def main(FLAGS):
     print(json.dumps(match_baseline(FLAGS.workdir, FLAGS.baseline)))
 
 
 if __name__ == "__main__":
-    from absl import app, flags
+    import sys
 
-    flags.DEFINE_string("workdir", None, "A finished LF-ViT training run.")
-    flags.DEFINE_string("baseline", None, "A finished baseline (DeiT) run of the same data.")
-    flags.mark_flags_as_required(["workdir", "baseline"])
-    FLAGS = flags.FLAGS
-    app.run(main)
+    from lfvit_jax import cli
+    sys.exit(cli.run(define_flags, main))

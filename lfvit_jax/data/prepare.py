@@ -33,6 +33,8 @@ def main(argv=None):
         prog="python -m lfvit_jax.data.prepare", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbosity", type=int, default=0,
+                        help="1 or more: library logs and tracebacks")
     common.add_argument("--data_dir", default=None,
                         help="tfds data dir (default: $LFVIT_DATA_DIR, else ~/tensorflow_datasets)")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -89,4 +91,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    from lfvit_jax import cli
+    sys.exit(cli.guarded(main))
