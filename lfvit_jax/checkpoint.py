@@ -16,6 +16,7 @@ import signal
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 from orbax.checkpoint.checkpoint_managers import preservation_policy
@@ -104,18 +105,24 @@ def _has_checksums(directory, step):
     return (as_path(directory) / str(step) / CHECKSUMS).exists()
 
 
-def _restore_verified(mngr, step, items, directory):
-    """Restores `items` of `step` and checks the restored 'state' against the saved checksums."""
+def _restore_verified(mngr, step, items, directory, on_host=()):
+    """Restores `items` of `step` and checks the restored 'state' against the saved checksums;
+    the top-level keys `on_host` of the state are numpy arrays, checked on the host."""
     verify = _has_checksums(directory, step)
     if verify:
         items = {**items, CHECKSUMS: ocp.args.JsonRestore()}
     try:
         restored = mngr.restore(step, args=ocp.args.Composite(**items))
-    except Exception as e:  # noqa: BLE001  (the structure fits, so the data are unreadable)
+        if verify and not isinstance(restored[CHECKSUMS], dict):
+            raise ValueError("the checksums are not a JSON object")
+    except Exception as e:  # noqa: BLE001  (the structure fits, so the files are damaged)
         raise CorruptCheckpointError(f"{directory}/{step} is corrupt: it cannot be read back "
                                      f"({_brief(e)})") from e
     if verify:
-        bad = integrity.mismatches(restored["state"], restored[CHECKSUMS])
+        state = restored["state"]
+        sums = integrity.checksums({k: v for k, v in state.items() if k not in on_host})
+        sums.update(integrity.host_checksums({k: v for k, v in state.items() if k in on_host}))
+        bad = integrity.mismatches(sums, restored[CHECKSUMS])
         if bad:
             raise CorruptCheckpointError(
                 f"{directory}/{step} is corrupt: {len(bad)} arrays differ from the checksums "
@@ -141,20 +148,25 @@ def restore(mngr, step, abstract_state, data_iter=None):
 
 def restore_params(directory, step, target, keys=("ema", "params")):
     """Restores only the parameters of a saved state: the first of `keys` it holds (so the EMA
-    parameters when the run kept them), into `target` (abstract arrays with shardings), verified
-    against the checksums. Returns (params, key). Shapes are checked first: a mismatch names the
-    differing paths."""
+    parameters when the run kept them), into `target` (abstract arrays with shardings). The rest
+    of the state is read too, to the host, so that the whole step is verified against its
+    checksums. Returns (params, key). Shapes are checked first: a mismatch names the differing
+    paths."""
     saved = saved_tree(directory, step)
     key = next((k for k in keys if k in saved), None)
     if key is None:
         raise CorruptCheckpointError(f"{directory}/{step} holds no parameters (no "
                                      f"{' or '.join(keys)}).")
     check_shapes(saved[key], target, f"{directory}/{step}")
-    restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding), target)
-    args = ocp.args.PyTreeRestore(item={key: target}, restore_args={key: restore_args},
+    rest = {k: v for k, v in saved.items() if k != key}
+    restore_args = {key: jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding),
+                                      target),
+                    **jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), rest)}
+    args = ocp.args.PyTreeRestore(item={key: target, **rest}, restore_args=restore_args,
                                   partial_restore=True)
     with reader(directory) as mngr:
-        restored = _restore_verified(mngr, step, {"state": args}, os.fspath(directory))
+        restored = _restore_verified(mngr, step, {"state": args}, os.fspath(directory),
+                                     on_host=tuple(rest))
     return restored["state"][key], key
 
 

@@ -114,7 +114,10 @@ def _quiet(verbose):
     absl_logging.set_verbosity(absl_logging.INFO if verbose else absl_logging.ERROR)
     if not verbose:
         aio.setLevel(logging.CRITICAL)
-    logging.getLogger("lfvit_jax").setLevel(logging.INFO if verbose else logging.WARNING)
+    ours, handler = logging.getLogger("lfvit_jax"), _Stderr()
+    ours.setLevel(logging.INFO if verbose else logging.WARNING)
+    ours.addHandler(handler)
+    ours.propagate = False
     with warnings.catch_warnings():
         if not verbose:
             warnings.simplefilter("ignore")
@@ -123,6 +126,15 @@ def _quiet(verbose):
         finally:
             absl_logging.set_verbosity(before)
             aio.setLevel(aio_level)
+            ours.removeHandler(handler)
+            ours.propagate = True
+
+
+class _Stderr(logging.Handler):
+    """Writes to whatever sys.stderr is at the time (a handler made earlier keeps a stale one)."""
+
+    def emit(self, record):
+        print(f"{record.levelname}: {record.getMessage()}", file=sys.stderr, flush=True)
 
 
 def _config_flags(fv):
@@ -196,6 +208,10 @@ def describe_flag_error(error, fv, argv):
                 return (f"Unknown config key --{name}.{key}: {where} has the keys {accepted}. "
                         "Fix the spelling.")
         flag = getattr(error, "flagname", None) or _flag_in_message(error)
+        if overrides and _spec(name, argv) is None:
+            return (f"--{name}.{overrides[0]} changes a config file's value, so it needs "
+                    f"--{name} (the run's own: --{name}=WORKDIR/config.json is not a config "
+                    "file; give the file it was made from).")
         if flag and flag.startswith(f"{name}."):
             return f"Bad value for --{flag}: {inner}."
         if flag == name:

@@ -34,15 +34,33 @@ def _sums(x):
 _tree_sums = jax.jit(lambda tree: jax.tree.map(_sums, tree))
 
 
+def _name(path):
+    """'opt_state/0/mu/blocks_0/...': the same for a dict, a namedtuple or their metadata."""
+    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
+                    for k in path)
+
+
 def checksums(tree):
-    """{path: [sum, weighted sum]} of every array in `tree` (paths as jax.tree_util.keystr)."""
+    """{path: [sum, weighted sum]} of every (JAX) array in `tree`, reduced on its devices."""
     sums = multihost_utils.process_allgather(_tree_sums(tree), tiled=True)
-    sums = jax.tree.map(lambda s: np.asarray(s).tolist(), sums)
-    return {jax.tree_util.keystr(path): value
-            for path, value in jax.tree_util.tree_flatten_with_path(
-                sums, is_leaf=lambda x: isinstance(x, list))[0]}
+    return {_name(path): np.asarray(value).tolist()
+            for path, value in jax.tree_util.tree_flatten_with_path(sums)[0]}
 
 
-def mismatches(tree, expected):
-    """The paths of `tree` whose contents differ from the `expected` checksums (or are absent)."""
-    return [path for path, value in checksums(tree).items() if expected.get(path) != value]
+def host_checksums(tree):
+    """`checksums` of numpy arrays, computed on the host (the same numbers)."""
+    out = {}
+    for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        x = np.asarray(x)
+        if x.dtype == np.bool_:
+            x = x.astype(np.uint8)
+        words = x.reshape(-1).view(np.dtype(f"u{x.dtype.itemsize}")).astype(np.uint32)
+        index = np.arange(words.size, dtype=np.uint32)
+        out[_name(path)] = [int(words.sum(dtype=np.uint32)),
+                            int((words * (2 * index + 1)).sum(dtype=np.uint32))]
+    return out
+
+
+def mismatches(sums, expected):
+    """The paths whose checksums differ from (or are absent in) `expected`."""
+    return [path for path, value in sums.items() if expected.get(path) != value]

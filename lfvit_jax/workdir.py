@@ -21,7 +21,12 @@ RESUME_MUST_MATCH = ("model", "param_sharding", "ema_decay", "grad_accum")
 
 
 def _plain(config):
-    return json.loads(config.to_json()) if hasattr(config, "to_json") else dict(config)
+    """Plain JSON values all the way down (tuples as lists, as config.json stores them)."""
+    if hasattr(config, "to_json"):
+        return json.loads(config.to_json())
+    if isinstance(config, dict):
+        return {k: _plain(v) for k, v in config.items()}
+    return json.loads(json.dumps(config))
 
 
 def read_config(workdir):
@@ -49,7 +54,7 @@ def check_resumable(config, workdir):
     if old is None:
         return
     diffs = [d for key in RESUME_MUST_MATCH
-             for d in differences({key: old.get(key)}, {key: _plain(config).get(key)})]
+             for d in differences({key: old.get(key)}, {key: config.get(key)})]
     if diffs:
         raise ValueError(
             f"{workdir} holds a run with a different {diffs} (see {workdir}/{CONFIG_FILE}); its "
