@@ -105,9 +105,8 @@ def _has_checksums(directory, step):
     return (as_path(directory) / str(step) / CHECKSUMS).exists()
 
 
-def _restore_verified(mngr, step, items, directory, on_host=()):
-    """Restores `items` of `step` and checks the restored 'state' against the saved checksums;
-    the top-level keys `on_host` of the state are numpy arrays, checked on the host."""
+def _restore_verified(mngr, step, items, directory):
+    """Restores `items` of `step` and checks the restored 'state' against the saved checksums."""
     verify = _has_checksums(directory, step)
     if verify:
         items = {**items, CHECKSUMS: ocp.args.JsonRestore()}
@@ -119,10 +118,7 @@ def _restore_verified(mngr, step, items, directory, on_host=()):
         raise CorruptCheckpointError(f"{directory}/{step} is corrupt: it cannot be read back "
                                      f"({_brief(e)})") from e
     if verify:
-        state = restored["state"]
-        sums = integrity.checksums({k: v for k, v in state.items() if k not in on_host})
-        sums.update(integrity.host_checksums({k: v for k, v in state.items() if k in on_host}))
-        bad = integrity.mismatches(sums, restored[CHECKSUMS])
+        bad = integrity.mismatches(integrity.checksums(restored["state"]), restored[CHECKSUMS])
         if bad:
             raise CorruptCheckpointError(
                 f"{directory}/{step} is corrupt: {len(bad)} arrays differ from the checksums "
@@ -137,13 +133,17 @@ def restore(mngr, step, abstract_state, data_iter=None):
     """Restores `state` (into the abstract target's shardings) and, if given, the data iterator,
     verified against its checksums. Raises CorruptCheckpointError for a damaged step."""
     directory = os.fspath(mngr.directory)
-    check_shapes(saved_tree(directory, step), abstract_state, f"{directory}/{step}",
-                 what="saved training state", fix="Use a fresh --workdir, or the config that "
-                 "wrote it.")
     items = {"state": ocp.args.StandardRestore(abstract_state)}
     if data_iter is not None:
         items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
-    return _restore_verified(mngr, step, items, directory)["state"]
+    try:
+        return _restore_verified(mngr, step, items, directory)["state"]
+    except CorruptCheckpointError:
+        # A state of other shapes fails too: then it is the config's error, not the files'.
+        check_shapes(saved_tree(directory, step), abstract_state, f"{directory}/{step}",
+                     what="saved training state", fix="Use a fresh --workdir, or the config "
+                     "that wrote it.")
+        raise
 
 
 def restore_params(directory, step, target, keys=("ema", "params")):
@@ -165,8 +165,7 @@ def restore_params(directory, step, target, keys=("ema", "params")):
     args = ocp.args.PyTreeRestore(item={key: target, **rest}, restore_args=restore_args,
                                   partial_restore=True)
     with reader(directory) as mngr:
-        restored = _restore_verified(mngr, step, {"state": args}, os.fspath(directory),
-                                     on_host=tuple(rest))
+        restored = _restore_verified(mngr, step, {"state": args}, os.fspath(directory))
     return restored["state"][key], key
 
 

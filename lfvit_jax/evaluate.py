@@ -51,7 +51,7 @@ def evaluate_weights(config, workdir, which="latest", dataset=None, preview=16):
         raise ValueError(f"config.model.num_classes={config.model.num_classes} but the data has "
                          f"{config.data.num_classes} classes; make them agree.")
     mesh = parallel.make_mesh()
-    parallel.check_batch(config.eval_batch_size, mesh)
+    parallel.check_batch(config.eval_batch_size, mesh, name="config.eval_batch_size")
     loaded = loading.load(config, workdir, which, mesh)
     shardings = jax.tree.map(lambda x: x.sharding, loaded.params)
     arrays, images = run(make_eval_step(loaded.task, shardings, mesh), loaded.params,

@@ -132,7 +132,7 @@ class Setup:
                                  f"{key}={value}; make them agree.")
         self.mesh = mesh or parallel.make_mesh()
         parallel.check_batch(config.batch_size, self.mesh, config.grad_accum)
-        parallel.check_batch(config.eval_batch_size, self.mesh)
+        parallel.check_batch(config.eval_batch_size, self.mesh, name="config.eval_batch_size")
         self.task = tasks.build(model_cfg)
         self.schedule = Schedule(config, info["train_examples"])
         self.lr_fn = optim.schedule(config, self.schedule.total, self.schedule.warmup)

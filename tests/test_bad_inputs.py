@@ -194,7 +194,8 @@ def test_checkpoint_of_another_model_is_summarised(capsys, run_copy):
 
 def test_eval_with_another_model_is_refused(capsys, run_copy):
     workdir, before = run_copy
-    check(run_main(capsys, "--mode=eval", *demo("runlocal,m=1"), "--workdir", workdir), 1, "differs from the run", "Omit --config")
+    check(run_main(capsys, "--mode=eval", *demo("runlocal,m=1"), "--workdir", workdir), 1,
+          "differs from the run", "Omit --config")
     assert fingerprint(workdir) == before
 
 
@@ -208,7 +209,8 @@ def test_eval_of_a_missing_step(capsys, run_copy):
 def test_eval_of_an_unknown_split(capsys, run_copy):
     workdir, before = run_copy
     _, err = check(run_main(capsys, "--mode=eval", "--config=configs/demo.py:runlocal",
-                            "--config.data.eval_split=tset", "--workdir", workdir), 1, "tset")
+                            "--config.eval_batch_size=200", "--config.data.eval_split=tset",
+                            "--workdir", workdir), 1, "tset")
     assert len(err.splitlines()) <= 14
     assert fingerprint(workdir) == before
 
