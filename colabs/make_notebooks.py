@@ -223,7 +223,7 @@ def training_walkthrough():
     ]
 
 
-def main():
+def main(out_dir=HERE):
     for name, cells in (("quickstart", quickstart()), ("tradeoff_explorer", tradeoff_explorer()),
                         ("training_walkthrough", training_walkthrough())):
         for i, cell in enumerate(cells):
@@ -232,7 +232,7 @@ def main():
             "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
             "language_info": {"name": "python"}})
         nbformat.validate(nb)
-        path = os.path.join(HERE, f"{name}.ipynb")
+        path = os.path.join(out_dir, f"{name}.ipynb")
         nbformat.write(nb, path)
         print("wrote", path)
 

@@ -7,7 +7,7 @@ region>, epochs=<training epochs>.
 
   python main.py --config configs/demo.py --workdir workdirs/demo
   python main.py --config configs/demo.py:baseline --workdir workdirs/demo_baseline
-  python -m lfvit_jax.evaluate workdirs/demo workdirs/demo_baseline   # FLOPs at equal accuracy
+  python -m lfvit_jax.evaluate --workdir workdirs/demo --baseline workdirs/demo_baseline   # FLOPs at equal accuracy
   python main.py --config configs/demo.py:runlocal --workdir /tmp/demo_runlocal
 """
 import ml_collections

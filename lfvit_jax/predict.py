@@ -169,8 +169,11 @@ def predict_checkpoint(config, workdir, inputs, threshold, batch_size, output=No
     rundir.check_output(out_dir, overwrite)
     if jax.process_index() == 0:
         print(f"Predicting with {loaded.origin} into {out_dir}", flush=True)
+    names = class_names(config.data)
+    if names is not None and len(names) != loaded.task.model.num_classes:
+        names = None  # the dataset's names do not describe this head
     return predict(loaded.task.model, {"params": loaded.params}, inputs, config.data, out_dir,
                    threshold, batch_size, sharding=parallel.batch_sharding(mesh),
                    progress=jax.process_index() == 0,
                    overlays_dir=overlays_dir if jax.process_index() == 0 else None,
-                   save_logits=save_logits, class_names=class_names(config.data))
+                   save_logits=save_logits, class_names=names)

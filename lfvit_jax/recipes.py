@@ -61,7 +61,7 @@ def runlocal(config, given=()):
     config.data = data.cluttered_mnist_config()
     config.model.update(num_classes=10, img_size=64, patch=8, width=32, depth=2, num_heads=2,
                         mlp_dim=64)
-    if config.model.name == "lfvit":
+    if "region_size" in config.model:  # a model with regions: fit them to the tiny grid
         config.model.update(gca_blocks=(0, 1))
         if "m" not in given:
             config.model.region_size = 2

@@ -21,12 +21,9 @@ RESUME_MUST_MATCH = ("model", "param_sharding", "ema_decay", "grad_accum")
 
 
 def _plain(config):
-    """Plain JSON values all the way down (tuples as lists, as config.json stores them)."""
-    if hasattr(config, "to_json"):
-        return json.loads(config.to_json())
-    if isinstance(config, dict):
-        return {k: _plain(v) for k, v in config.items()}
-    return json.loads(json.dumps(config))
+    """Nested dicts of JSON values (tuples as lists), as config.json holds them."""
+    return json.loads(json.dumps(config.to_dict() if hasattr(config, "to_dict") else config,
+                                 default=lambda x: x.to_dict()))
 
 
 def read_config(workdir):
@@ -53,8 +50,9 @@ def check_resumable(config, workdir):
     old = read_config(workdir)
     if old is None:
         return
-    diffs = [d for key in RESUME_MUST_MATCH
-             for d in differences({key: old.get(key)}, {key: config.get(key)})]
+    new = _plain(config)
+    diffs = differences({k: old.get(k) for k in RESUME_MUST_MATCH},
+                        {k: new.get(k) for k in RESUME_MUST_MATCH})
     if diffs:
         raise ValueError(
             f"{workdir} holds a run with a different {diffs} (see {workdir}/{CONFIG_FILE}); its "

@@ -21,6 +21,21 @@ def test_every_notebook_is_listed():
     assert {"quickstart.ipynb", "tradeoff_explorer.ipynb", "training_walkthrough.ipynb"} <= names
 
 
+def test_committed_notebooks_are_what_the_generator_writes(tmp_path):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("make_notebooks",
+                                                  os.path.join(COLABS, "make_notebooks.py"))
+    generator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generator)
+    generator.main(str(tmp_path))
+    written = sorted(p.name for p in tmp_path.iterdir())
+    assert written == sorted(os.path.basename(p) for p in NOTEBOOKS)
+    for name in written:
+        with open(os.path.join(COLABS, name)) as committed:
+            assert (tmp_path / name).read_text() == committed.read(), \
+                f"colabs/{name} is stale: run python colabs/make_notebooks.py"
+
+
 @pytest.fixture(scope="module")
 def demo_workdir(tmp_path_factory):
     return str(tmp_path_factory.mktemp("notebooks") / "demo")

@@ -4,18 +4,20 @@
   python -m lfvit_jax.data.prepare folder ROOT --name NAME [--data_dir DIR] [--workers N]
   python -m lfvit_jax.data.prepare imagenet2012 --manual_dir DIR_WITH_TARS [--data_dir DIR]
   python -m lfvit_jax.data.prepare tfds NAME [--data_dir DIR]
+
+cluttered_mnist: the embedded dataset (seconds, offline). folder: a ROOT/<split>/<class>/<image>
+tree (PyTorch layout; 'val' is stored as 'validation'), resumable. imagenet2012:
+ILSVRC2012_img_{train,val}.tar labelled as tfds's imagenet2012, resumable. tfds: any tfds dataset
+by name through its own builder (many builders need TensorFlow to generate; reading never does).
 """
-import argparse
 import logging
+import sys
 
 import ml_collections
 import tensorflow_datasets as tfds
+from absl import app, flags
 
 from lfvit_jax.data import convert, pipeline
-
-
-def _data_dir(args):
-    return pipeline.data_dir(ml_collections.ConfigDict({"data_dir": args.data_dir}))
 
 
 def _folder_version(name):
@@ -28,70 +30,68 @@ def _folder_version(name):
     return "1.0.0"
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(
-        prog="python -m lfvit_jax.data.prepare", description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-v", "--verbosity", type=int, default=0,
-                        help="1 or more: library logs and tracebacks")
-    common.add_argument("--data_dir", default=None,
-                        help="tfds data dir (default: $LFVIT_DATA_DIR, else ~/tensorflow_datasets)")
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("cluttered_mnist", parents=[common],
-                   help="the embedded dataset (seconds, offline)")
+FLAGS = flags.FlagValues()  # its own: tests and other entry points define flags too
+flags.DEFINE_string("data_dir", None, "tfds data dir (default: $LFVIT_DATA_DIR, else "
+                    "~/tensorflow_datasets)", flag_values=FLAGS)
+flags.DEFINE_string("name", None, "folder: the dataset name to read it by", flag_values=FLAGS)
+flags.DEFINE_list("splits", None, "folder: split folders (default: all); classes come from the "
+                  "first", flag_values=FLAGS)
+flags.DEFINE_string("manual_dir", None, "imagenet2012: the folder with the ILSVRC2012 tars",
+                    flag_values=FLAGS)
+flags.DEFINE_integer("workers", 0, "folder/imagenet2012: processes writing shards",
+                     flag_values=FLAGS)
+flags.DEFINE_enum("on_corrupt", "skip", ["skip", "error"], "skip unreadable images (reported "
+                  "at the end) or stop", flag_values=FLAGS)
+flags.DEFINE_integer("examples_per_shard", 1024, "records per array_record shard",
+                     flag_values=FLAGS)
+flags.DEFINE_integer("verbosity", 0, "1 or more: library logs, and a traceback with any error",
+                     short_name="v", flag_values=FLAGS)
+COMMANDS = {"cluttered_mnist": 0, "folder": 1, "imagenet2012": 0, "tfds": 1}  # positional args
 
-    def add_convert_flags(p):
-        p.add_argument("--workers", type=int, default=0, help="processes writing shards")
-        p.add_argument("--on_corrupt", choices=("skip", "error"), default="skip",
-                       help="skip unreadable images (reported at the end) or stop")
-        p.add_argument("--examples_per_shard", type=int, default=1024)
 
-    folder = sub.add_parser(
-        "folder", parents=[common], help="ROOT/<split>/<class>/<image> tree (PyTorch layout); "
-        "'val' is stored as 'validation'. Resumable.")
-    folder.add_argument("root")
-    folder.add_argument("--name", required=True, help="dataset name to read it by")
-    folder.add_argument("--splits", default=None,
-                        help="comma-separated split folders (default: all); classes come "
-                             "from the first")
-    add_convert_flags(folder)
-    imagenet = sub.add_parser(
-        "imagenet2012", parents=[common], help="ILSVRC2012_img_{train,val}.tar, labelled as "
-        "tfds's imagenet2012. Resumable.")
-    imagenet.add_argument("--manual_dir", required=True)
-    add_convert_flags(imagenet)
-    other = sub.add_parser(
-        "tfds", parents=[common], help="any tfds dataset by name, via its own builder (many "
-        "builders need TensorFlow to generate; reading never does)")
-    other.add_argument("name")
-    args = parser.parse_args(argv)
+def main(argv):
+    """argv: the command line after the program name."""
+    FLAGS.unparse_flags()  # defaults again: in-process callers run several commands
+    command, *rest = FLAGS(["prepare"] + list(argv))[1:] or [None]
+    if command not in COMMANDS or len(rest) != COMMANDS[command]:
+        raise app.UsageError(f"Give one command and its argument: {sorted(COMMANDS)}.")
+    if command == "folder" and not FLAGS.name:
+        raise app.UsageError("folder needs --name: the dataset name to read it by.")
+    if command == "imagenet2012" and not FLAGS.manual_dir:
+        raise app.UsageError("imagenet2012 needs --manual_dir: the folder with the "
+                             "ILSVRC2012_img_{train,val}.tar files.")
     logging.basicConfig(level=logging.INFO)
-    data_dir = _data_dir(args)
+    data_dir = pipeline.data_dir(ml_collections.ConfigDict({"data_dir": FLAGS.data_dir}))
 
-    if args.command == "cluttered_mnist":
+    if command == "cluttered_mnist":
         cfg = ml_collections.ConfigDict({"name": "cluttered_mnist", "data_dir": data_dir})
         print(pipeline.prepared_builder(cfg).data_dir)
-    elif args.command == "tfds":
-        builder = tfds.builder(args.name, data_dir=data_dir)
+    elif command == "tfds":
+        builder = tfds.builder(rest[0], data_dir=data_dir)
         builder.download_and_prepare(file_format="array_record")
         print(builder.data_dir)
     else:
-        if args.command == "folder":
-            splits, classes = convert.folder_splits(
-                args.root, args.splits and args.splits.split(","), args.examples_per_shard)
-            name, version = args.name, _folder_version(args.name)
+        if command == "folder":
+            splits, classes = convert.folder_splits(rest[0], FLAGS.splits,
+                                                    FLAGS.examples_per_shard)
+            name, version = FLAGS.name, _folder_version(FLAGS.name)
         else:
-            splits, classes = convert.imagenet_splits(args.manual_dir, args.examples_per_shard)
+            splits, classes = convert.imagenet_splits(FLAGS.manual_dir, FLAGS.examples_per_shard)
             name, version = "imagenet2012", convert.IMAGENET_VERSION
         skipped = convert.write_dataset(data_dir, name, splits, classes, version=version,
-                                        on_corrupt=args.on_corrupt, workers=args.workers)
+                                        on_corrupt=FLAGS.on_corrupt, workers=FLAGS.workers)
         print(f"Wrote {name} {version} to {data_dir}; corrupt images skipped per split: "
               f"{skipped}")
 
 
-if __name__ == "__main__":
-    import sys
+def _run():
+    try:
+        main(sys.argv[1:])
+    except (app.UsageError, flags.Error) as e:  # usage errors exit 2, with the usage
+        print(f"{e}\n\n{__doc__}\nFlags:\n{FLAGS.get_help()}", file=sys.stderr)
+        sys.exit(2)
 
+
+if __name__ == "__main__":
     from lfvit_jax import cli
-    sys.exit(cli.guarded(main))
+    sys.exit(cli.guarded(_run))  # other failures: one message, exit 1
