@@ -108,6 +108,8 @@ def _verbosity(argv):
 def _quiet(verbose):
     """INFO logs when verbose; otherwise only errors from libraries (orbax logs through absl)
     and none of asyncio's or Python's warnings. Our own warnings (lfvit_jax.*) always show."""
+    if not verbose:
+        sys.unraisablehook = _drop_closed_loop(sys.unraisablehook)
     before = absl_logging.get_verbosity()
     aio = logging.getLogger("asyncio")
     aio_level = aio.level
@@ -128,6 +130,20 @@ def _quiet(verbose):
             aio.setLevel(aio_level)
             ours.removeHandler(handler)
             ours.propagate = True
+
+
+def _drop_closed_loop(hook):
+    """orbax's threads, cleaned up after a failed restore, report 'Event loop is closed' for
+    every pending callback (thousands of lines): drop those reports, keep any other."""
+    if getattr(hook, "drops_closed_loop", False):
+        return hook
+
+    def filtered(unraisable):
+        if not (isinstance(unraisable.exc_value, RuntimeError)
+                and str(unraisable.exc_value) == "Event loop is closed"):
+            hook(unraisable)
+    filtered.drops_closed_loop = True
+    return filtered
 
 
 class _Stderr(logging.Handler):
