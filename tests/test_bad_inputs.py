@@ -4,7 +4,7 @@ written before. Damaged checkpoints are skipped for the newest intact step.
 
 `main.py` runs in-process (lfvit_jax.cli parses into fresh flags each time); a few commands run as
 real subprocesses. One small demo run (configs/demo.py:runlocal, 4 steps, checkpoints at 2 and 4)
-is trained once and copied for each test that needs it.
+is trained once by `python main.py` on one device and copied for each test that needs it.
 """
 import contextlib
 import hashlib
