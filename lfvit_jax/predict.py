@@ -24,6 +24,7 @@ from lfvit_jax import loading, parallel, plotting, reports, tasks, workdir as ru
 from lfvit_jax.inputs import list_inputs, read_items
 
 SAVE_LOGITS = ("final", "all")
+log = logging.getLogger(__name__)
 
 
 def overlay_name(index, name):
@@ -95,7 +96,7 @@ def predict(model, variables, inputs, data_cfg, out_dir, threshold, batch_size=3
         for name, img, error in read_items(files, data_cfg, size):
             bar.update(1)
             if error:
-                logging.warning("Skipping %s: %s", name, error)
+                log.warning("Skipping %s: %s", name, error)
                 skipped.append({"file": name, "error": error})
                 continue
             pending.append((name, img))
