@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import train_fakes
-from lfvit_jax import load_pretrained, parallel, selection, tasks, train
+from lfvit_jax import load_pretrained, parallel, selection, tasks, train, workdir
 from lfvit_jax.models import precision
 from lfvit_jax.models.vit import Dense
 from test_parity import DATA, DUMPS, load_dump
@@ -141,3 +141,16 @@ def test_unknown_precision_is_a_clear_error():
     images = ref["input_full"].transpose(0, 2, 3, 1)
     with pytest.raises(ValueError, match="matmul_dtype='float16'"):
         model.clone(matmul_dtype="float16").apply(variables, images)
+
+
+def test_a_runs_precision_is_not_part_of_its_model(tmp_path):
+    """eval/predict --precision and a resumed run may change matmul_dtype, nothing else."""
+    run = train_fakes.tiny_config()
+    workdir.write_config(run, tmp_path)
+    other = train_fakes.tiny_config()
+    other.model.matmul_dtype = "bfloat16"
+    workdir.check_same_model(other, tmp_path)
+    workdir.check_resumable(other, tmp_path)
+    other.model.width = 64
+    with pytest.raises(ValueError, match=r"model\.width"):
+        workdir.check_same_model(other, tmp_path)
