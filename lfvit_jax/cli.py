@@ -8,6 +8,7 @@ more.
       sys.exit(cli.run(define_flags, main))   # define_flags(fv, argv); main(fv)
 """
 import contextlib
+import gc
 import logging
 import re
 import sys
@@ -108,8 +109,9 @@ def _verbosity(argv):
 def _quiet(verbose):
     """INFO logs when verbose; otherwise only errors from libraries (orbax logs through absl)
     and none of asyncio's or Python's warnings. Our own warnings (lfvit_jax.*) always show."""
+    hook = sys.unraisablehook
     if not verbose:
-        sys.unraisablehook = _drop_closed_loop(sys.unraisablehook)
+        sys.unraisablehook = _unraisable_dropped
     before = absl_logging.get_verbosity()
     aio = logging.getLogger("asyncio")
     aio_level = aio.level
@@ -130,20 +132,16 @@ def _quiet(verbose):
             aio.setLevel(aio_level)
             ours.removeHandler(handler)
             ours.propagate = True
+            if not verbose:
+                gc.collect()  # abandoned coroutines report now, while they are dropped
+                sys.unraisablehook = hook
 
 
-def _drop_closed_loop(hook):
-    """orbax's threads, cleaned up after a failed restore, report 'Event loop is closed' for
-    every pending callback (thousands of lines): drop those reports, keep any other."""
-    if getattr(hook, "drops_closed_loop", False):
-        return hook
-
-    def filtered(unraisable):
-        if not (isinstance(unraisable.exc_value, RuntimeError)
-                and str(unraisable.exc_value) == "Event loop is closed"):
-            hook(unraisable)
-    filtered.drops_closed_loop = True
-    return filtered
+def _unraisable_dropped(unraisable):
+    """Exceptions Python cannot raise (in finalizers and abandoned coroutines): after a failed
+    restore orbax's readers leave thousands ('Event loop is closed', GeneratorExit). The error
+    that matters has been raised already; --verbosity=1 shows these too."""
+    del unraisable
 
 
 class _Stderr(logging.Handler):
