@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
+
 def _words(x, xp):
     """uint32 words of an array's bits (numpy or jax.numpy as xp)."""
     if xp is jnp and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
