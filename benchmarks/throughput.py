@@ -3,6 +3,7 @@
   python benchmarks/throughput.py                       # batch 32, exit fractions 0/50/70/90/100%
   python benchmarks/throughput.py --batch 32 --micro_batch 4    # slices of 4 (AVX2 CPUs)
   python benchmarks/throughput.py --batch 16 --cpu_devices 2 --buckets 16
+  python benchmarks/throughput.py --precision bfloat16          # bf16 matmuls, float32 accumulation
 
 Random weights, random images. Each exit fraction is hit by setting the threshold to that quantile
 of the measured localization confidences over the benchmark batches; at 100% the focus stage never
@@ -78,6 +79,8 @@ def parse_args(argv=None):
     p.add_argument("--micro_batch", type=int, default=0,
                    help="run every stage (and DeiT) in slices of this many images per device "
                         "inside one compiled call; 0 = whole batches")
+    p.add_argument("--precision", default="float32", choices=["float32", "bfloat16"],
+                   help="operand dtype of every matmul of both models (their matmul_dtype)")
     p.add_argument("--cpu_devices", type=int, default=1,
                    help="split the CPU into this many XLA devices and shard the batch over them "
                         "(both models); each device runs on its own thread")
@@ -96,15 +99,15 @@ def main(argv=None):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from lfvit_jax import flops
     from lfvit_jax.inference import DEFAULT_BUCKETS, EarlyExitPredictor, in_slices
-    from lfvit_jax.models import DeiT, LFViT
+    from lfvit_jax.models import DeiT, LFViT, precision
 
     fractions = [float(f) for f in args.fractions.split(",")]
     sharding = NamedSharding(Mesh(np.array(jax.devices()), ("data",)), PartitionSpec("data"))
     buckets = DEFAULT_BUCKETS if not args.buckets else [i / args.buckets
                                                        for i in range(1, args.buckets + 1)]
 
-    deit = DeiT(**IMAGENET)
-    lfvit = LFViT(**IMAGENET, region_size=args.region_size)
+    deit = DeiT(**IMAGENET, matmul_dtype=args.precision)
+    lfvit = LFViT(**IMAGENET, region_size=args.region_size, matmul_dtype=args.precision)
     key = jax.random.key(0)
     batches = [jax.device_put(jax.random.normal(jax.random.fold_in(key, i),
                                                 (args.batch, 224, 224, 3)), sharding)
@@ -112,6 +115,8 @@ def main(argv=None):
     lf_vars = jax.jit(lfvit.init)(key, batches[0][:1])
     # DeiT-S gets the same trunk weights' shapes: its own single position embedding.
     deit_vars = jax.jit(deit.init)(key, batches[0][:1])
+    # As the predictors do: bfloat16 kernels rounded once, not in every call.
+    deit_vars = {"params": precision.cast_kernels(deit_vars["params"], args.precision)}
 
     deit_apply = in_slices(lambda v, x: deit.apply(v, x)["logits"], args.micro_batch,
                            jax.device_count())
@@ -146,7 +151,7 @@ def main(argv=None):
     t_deit, t_masked = t["deit"], t["masked"]
 
     device = f"{jax.devices()[0].device_kind} x{jax.device_count()}"
-    print(f"device: {device}, batch {args.batch}, micro-batch {args.micro_batch or 'off'}, "
+    print(f"device: {device}, {args.precision} matmuls, batch {args.batch}, micro-batch {args.micro_batch or 'off'}, "
           f"focus buckets {predictor.sizes}, streaming bucket "
           f"{args.stream_bucket or predictor.stream_bucket} per device")
     print(f"DeiT-S 224:              {args.batch / t_deit:8.1f} img/s")
@@ -160,7 +165,7 @@ def main(argv=None):
                            for t_ in (t_batch, t_stream))
         print(f"{name:>6} {frac:8.2f} {cells}   {fsp:9.2f}x")
     print(json.dumps({
-        "device": device, "batch": args.batch, "micro_batch": args.micro_batch,
+        "device": device, "precision": args.precision, "batch": args.batch, "micro_batch": args.micro_batch,
         "buckets": list(predictor.sizes),
         "deit_img_s": args.batch / t_deit, "lfvit_masked_img_s": args.batch / t_masked,
         "lfvit_img_s": lf_img_s, "lfvit_stream_img_s": stream_img_s,

@@ -5,6 +5,7 @@ built from the same model config (name='deit'), through the real jitted, donated
 
   python -m benchmarks.train_step --config configs/demo.py --batch 128
   python -m benchmarks.train_step --config configs/lfvit_deit_s.py:res=224,m=5 --batch 64
+  python -m benchmarks.train_step --config configs/demo.py --batch 64 --precision bfloat16
 """
 import json
 import time
@@ -18,6 +19,8 @@ from lfvit_jax import parallel, train
 
 config_flags.DEFINE_config_file("config", "configs/demo.py", "An LF-ViT config.")
 flags.DEFINE_integer("batch", 64, "Global batch per step.")
+flags.DEFINE_enum("precision", None, ["float32", "bfloat16"], "Operand dtype of the step's "
+                  "matmuls (sets config.compute_dtype; default the config's).")
 flags.DEFINE_integer("steps", 5, "Timed steps per model and phase (after one warm-up step).")
 FLAGS = flags.FLAGS
 
@@ -49,11 +52,13 @@ def main(argv):
     config = FLAGS.config
     if config.model.name != "lfvit":
         raise ValueError("Give an LF-ViT config; its DeiT twin is built from the same model section.")
+    if FLAGS.precision:
+        config.compute_dtype = FLAGS.precision
     deit_config = config.copy_and_resolve_references()
     with deit_config.unlocked():
         deit_config.model.name = "deit"
     result = {"device": jax.devices()[0].device_kind, "devices": jax.device_count(),
-              "batch": FLAGS.batch}
+              "precision": config.compute_dtype, "batch": FLAGS.batch}
     result["deit_s"] = seconds_per_step(deit_config, "full", FLAGS.batch, FLAGS.steps)
     for phase in ("whole", "region"):
         t = seconds_per_step(config.copy_and_resolve_references(), phase, FLAGS.batch,

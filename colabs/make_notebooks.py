@@ -34,7 +34,8 @@ DEMO_NOTE = ("Without a converted checkpoint these notebooks use the small demo 
              "(`configs/demo.py`, cluttered MNIST at 64 px). The first notebook to need it trains "
              "it into `$LFVIT_DEMO_WORKDIR` (default `~/lfvit_demo`), about 9-10 minutes on a "
              "2-core CPU; later runs reuse it. `LFVIT_NOTEBOOK_FAST=1` swaps in the 8-step "
-             "`runlocal` variant (what the tests run).")
+             "`runlocal` variant (what the tests run); `LFVIT_PRECISION=bfloat16` evaluates and "
+             "predicts with bfloat16 matmuls (float32 accumulation).")
 
 
 def quickstart():
@@ -60,7 +61,7 @@ def quickstart():
             "# one; otherwise the demo model, trained here on first use.\n"
             "CHECKPOINT = os.environ.get(\"LFVIT_CHECKPOINT\", \"\")\n"
             "if CHECKPOINT:\n"
-            "    model, variables = load_pretrained(CHECKPOINT)\n"
+            "    model, variables = load_pretrained(CHECKPOINT, matmul_dtype=demo.precision())\n"
             "    data_cfg = imagenet_config()\n"
             "else:\n"
             "    config, workdir = demo.config(), demo.workdir()\n"

@@ -8,17 +8,17 @@ Arguments: res=<image size>, runlocal.
 """
 import ml_collections
 
-from lfvit_jax import data, recipes
-from lfvit_jax.config_args import parse_arg
+from lfvit_jax import config_args, data, recipes
 
 
 def get_config(arg=None):
-    arg = parse_arg(arg, res=224, runlocal=False)
+    given = config_args.given(arg)
+    arg = config_args.parse_arg(arg, res=224, runlocal=False)
     config = ml_collections.ConfigDict()
     config.model = recipes.deit_s_model("deit", arg.res)
     config.data = data.imagenet_config()
     config.data.image_size = arg.res
     recipes.deit_training(config, total_epochs=300, selection_start_epoch=0)
     if arg.runlocal:
-        recipes.runlocal(config)
+        recipes.runlocal(config, given)
     return config

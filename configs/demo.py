@@ -12,12 +12,12 @@ region>, epochs=<training epochs>.
 """
 import ml_collections
 
-from lfvit_jax import data, recipes
-from lfvit_jax.config_args import parse_arg
+from lfvit_jax import config_args, data, recipes
 
 
 def get_config(arg=None):
-    arg = parse_arg(arg, baseline=False, runlocal=False, m=3, alpha=0.5, epochs=60.0)
+    given = config_args.given(arg)
+    arg = config_args.parse_arg(arg, baseline=False, runlocal=False, m=3, alpha=0.5, epochs=60.0)
     config = ml_collections.ConfigDict()
     # 64 px canvas, patch 8: an 8x8 fine grid, a 4x4 coarse grid (32 px copy), 2x2 windows of
     # m=3 (48 px of the canvas): every 28 px digit fits one of them, where only 79% fit one of
@@ -56,5 +56,5 @@ def get_config(arg=None):
                   compute_dtype="float32", log_every_steps=50, eval_every_epochs=arg.epochs / 3,
                   checkpoint_every_steps=200)
     if arg.runlocal:
-        recipes.runlocal(config)
+        recipes.runlocal(config, given)
     return config

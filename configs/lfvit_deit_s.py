@@ -10,12 +10,12 @@ Arguments: res=224|288 (any multiple of 32 works), m=<region side in coarse toke
 """
 import ml_collections
 
-from lfvit_jax import data, recipes
-from lfvit_jax.config_args import parse_arg
+from lfvit_jax import config_args, data, recipes
 
 
 def get_config(arg=None):
-    arg = parse_arg(arg, res=224, m=5, runlocal=False)
+    given = config_args.given(arg)
+    arg = config_args.parse_arg(arg, res=224, m=5, runlocal=False)
     config = ml_collections.ConfigDict()
     config.model = recipes.deit_s_model(
         "lfvit", arg.res, region_size=arg.m, alpha=0.88, beta=0.99,
@@ -24,5 +24,5 @@ def get_config(arg=None):
     config.data.image_size = arg.res
     recipes.deit_training(config, total_epochs=300, selection_start_epoch=231)
     if arg.runlocal:
-        recipes.runlocal(config)
+        recipes.runlocal(config, given)
     return config

@@ -1,21 +1,35 @@
 """Orbax checkpoints: the training state with its data iterator, and parameters alone.
 
-Layout of a workdir: `checkpoints/<step>/{state,data}` (async, atomic, the last
-`keep_checkpoints` kept) and `best/<step>/state` = {'params': the evaluated parameters} of the
-best focus-stage top-1 so far (picked on the evaluation split). The data item is grain's
-per-process iterator state, so a resumed run continues the exact example stream.
+Layout of a workdir: `checkpoints/<step>/{state,data,checksums}` (async, atomic, the last
+`keep_checkpoints` kept) and `best/<step>/{state,checksums}` with state = {'params': the evaluated
+parameters} of the best focus-stage top-1 so far (picked on the evaluation split). The data item
+is grain's per-process iterator state, so a resumed run continues the exact example stream.
+
+`checksums` holds two sums of every saved array's contents (`lfvit_jax.integrity`), computed on
+the devices at save and compared after every restore: a step that fails to restore or to match
+is corrupt. `newest_intact` then warns and goes back to the step before; a step whose arrays have
+other shapes than the model's is an error of the config instead, and never skipped.
 """
+import logging
+import os
 import signal
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy
 
-from lfvit_jax import storage
+from lfvit_jax import integrity, storage
 
 CHECKPOINTS_DIR = "checkpoints"
 BEST_DIR = "best"
+CHECKSUMS = "checksums"
+log = logging.getLogger(__name__)
+
+
+class CorruptCheckpointError(ValueError):
+    """A saved step that cannot be read back intact (truncated, altered or incomplete)."""
 
 
 def as_path(directory):
@@ -41,7 +55,8 @@ def reader(directory):
     'state' item can be restored in part and inspected without restoring."""
     options = ocp.CheckpointManagerOptions(read_only=True, create=False)
     return ocp.CheckpointManager(as_path(directory), options=options,
-                                 item_handlers={"state": ocp.PyTreeCheckpointHandler()})
+                                 item_handlers={"state": ocp.PyTreeCheckpointHandler(),
+                                                CHECKSUMS: ocp.JsonCheckpointHandler()})
 
 
 def steps(directory):
@@ -58,47 +73,140 @@ def abstract_with_shardings(abstract_state, shardings):
 
 
 def save(mngr, step, state, data_iter=None, metrics=None, force=False):
-    items = {"state": ocp.args.StandardSave(state)}
+    items = {"state": ocp.args.StandardSave(state),
+             CHECKSUMS: ocp.args.JsonSave(integrity.checksums(state))}
     if data_iter is not None:
         items["data"] = grain.checkpoint.CheckpointSave(data_iter)
     return mngr.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=force)
 
 
+def _brief(error):
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0][:300] if lines else ''}"
+
+
+def saved_tree(directory, step):
+    """The saved state's tree of array metadata (shapes, dtypes), without reading the arrays."""
+    try:
+        with reader(directory) as mngr:
+            saved = mngr.item_metadata(step)["state"]
+        saved = getattr(saved, "tree", saved)
+        if saved is None:
+            raise ValueError("no metadata for the state")
+        return saved
+    except Exception as e:  # noqa: BLE001  (any failure to read it means the step is damaged)
+        raise CorruptCheckpointError(f"{directory}/{step} is incomplete: its metadata cannot "
+                                     f"be read ({_brief(e)})") from e
+
+
+def _has_checksums(directory, step):
+    return (as_path(directory) / str(step) / CHECKSUMS).exists()
+
+
+def _restore_verified(mngr, step, items, directory):
+    """Restores `items` of `step` and checks the restored 'state' against the saved checksums."""
+    verify = _has_checksums(directory, step)
+    if verify:
+        items = {**items, CHECKSUMS: ocp.args.JsonRestore()}
+    try:
+        restored = mngr.restore(step, args=ocp.args.Composite(**items))
+        if verify and not isinstance(restored[CHECKSUMS], dict):
+            raise ValueError("the checksums are not a JSON object")
+    except Exception as e:  # noqa: BLE001  (the structure fits, so the files are damaged)
+        raise CorruptCheckpointError(f"{directory}/{step} is corrupt: it cannot be read back "
+                                     f"({_brief(e)})") from e
+    if verify:
+        bad = integrity.mismatches(integrity.checksums(restored["state"]), restored[CHECKSUMS])
+        if bad:
+            raise CorruptCheckpointError(
+                f"{directory}/{step} is corrupt: {len(bad)} arrays differ from the checksums "
+                f"saved with them ({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''})")
+    else:
+        log.warning("%s/%d was saved without checksums; its contents are not verified.",
+                    directory, step)
+    return restored
+
+
 def restore(mngr, step, abstract_state, data_iter=None):
-    """Restores `state` (into the abstract target's shardings) and, if given, the data iterator."""
+    """Restores `state` (into the abstract target's shardings) and, if given, the data iterator,
+    verified against its checksums. Raises CorruptCheckpointError for a damaged step."""
+    directory = os.fspath(mngr.directory)
     items = {"state": ocp.args.StandardRestore(abstract_state)}
     if data_iter is not None:
         items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
     try:
-        restored = mngr.restore(step, args=ocp.args.Composite(**items))
-    except (ValueError, KeyError, TypeError, FileNotFoundError) as e:
-        raise ValueError(
-            f"The checkpoint at {mngr.directory}/{step} does not fit this config (different model "
-            f"or optimizer settings?): {e}\nUse a fresh --workdir, or the config that wrote it."
-        ) from e
-    return restored["state"]
+        return _restore_verified(mngr, step, items, directory)["state"]
+    except CorruptCheckpointError:
+        # A state of other shapes fails too: then it is the config's error, not the files'.
+        check_shapes(saved_tree(directory, step), abstract_state, f"{directory}/{step}",
+                     what="saved training state", fix="Use a fresh --workdir, or the config "
+                     "that wrote it.")
+        raise
 
 
 def restore_params(directory, step, target, keys=("ema", "params")):
     """Restores only the parameters of a saved state: the first of `keys` it holds (so the EMA
-    parameters when the run kept them), into `target` (abstract arrays with shardings).
-    Returns (params, key). Shapes are checked first: a mismatch names the differing paths."""
+    parameters when the run kept them), into `target` (abstract arrays with shardings). The rest
+    of the state is read too, to the host, so that the whole step is verified against its
+    checksums. Returns (params, key). Shapes are checked first: a mismatch names the differing
+    paths."""
+    saved = saved_tree(directory, step)
+    key = next((k for k in keys if k in saved), None)
+    if key is None:
+        raise CorruptCheckpointError(f"{directory}/{step} holds no parameters (no "
+                                     f"{' or '.join(keys)}).")
+    check_shapes(saved[key], target, f"{directory}/{step}")
+    rest = {k: v for k, v in saved.items() if k != key}
+    restore_args = {key: jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding),
+                                      target),
+                    **jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), rest)}
+    args = ocp.args.PyTreeRestore(item={key: target, **rest}, restore_args=restore_args,
+                                  partial_restore=True)
     with reader(directory) as mngr:
-        saved = mngr.item_metadata(step)["state"]
-        saved = getattr(saved, "tree", saved)
-        key = next((k for k in keys if k in saved), None)
-        if key is None:
-            raise ValueError(f"{directory}/{step} holds no parameters (no {' or '.join(keys)}).")
-        check_shapes(saved[key], target, f"{directory}/{step}")
-        restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding), target)
-        args = ocp.args.PyTreeRestore(item={key: target}, restore_args={key: restore_args},
-                                      partial_restore=True)
-        return mngr.restore(step, args=ocp.args.Composite(state=args))["state"][key], key
+        restored = _restore_verified(mngr, step, {"state": args}, os.fspath(directory))
+    return restored["state"][key], key
 
 
-def check_shapes(saved, target, where, show=5):
-    """A clear error when a saved parameter tree differs from the model's (paths and shapes,
-    the first few of each kind)."""
+def newest_intact(directory, steps, restore_step):
+    """(step, restore_step(step), skipped) for the newest of `steps` that restores intact, with a
+    warning for each newer one skipped; (None, None, []) without steps. CorruptCheckpointError
+    when none is intact."""
+    skipped, reasons = [], []
+    for step in sorted(steps, reverse=True):
+        try:
+            return step, restore_step(step), skipped
+        except CorruptCheckpointError as e:
+            log.warning("%s; trying the step before it.", e)
+            skipped.append(step)
+            reasons.append(str(e))
+    if skipped:
+        raise CorruptCheckpointError(
+            f"No intact checkpoint under {directory}: " + "; ".join(reasons) + ". Restore the "
+            "folder from a copy, or start afresh with a new --workdir.")
+    return None, None, []
+
+
+def set_aside(directory, steps):
+    """Renames damaged step folders to `<step>.corrupt` (kept for inspection, no longer a step),
+    so the run can save those steps again. Process 0 renames; every process waits for it."""
+    if jax.process_index() == 0:
+        for step in steps:
+            src = as_path(directory) / str(step)
+            dst, n = src.parent / f"{step}.corrupt", 1
+            while dst.exists():
+                dst, n = src.parent / f"{step}.corrupt{n}", n + 1
+            src.rename(dst)
+            log.warning("Moved the damaged step to %s.", dst)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices("lfvit_jax: damaged checkpoints set aside")
+
+
+def check_shapes(saved, target, where, show=5, what="parameters",
+                 fix="Use the config that trained them (omit --config to use the run's "
+                 "config.json) or matching weights."):
+    """A clear error when a saved tree (parameters by default) differs from the model's (paths
+    and shapes, the first few of each kind)."""
     flat = lambda tree: {"/".join(map(str, k)): tuple(v.shape) for k, v in
                          ocp.tree.to_flat_dict(tree).items()}
     have, want = flat(saved), flat(target)
@@ -109,9 +217,8 @@ def check_shapes(saved, target, where, show=5):
                     ("shape", [f"{k} {have[k]} vs model {want[k]}" for k in sorted(want)
                                if k in have and have[k] != want[k]])) if names]
     if problems:
-        raise ValueError(f"The parameters in {where} do not fit the model of this config ("
-                         + "; ".join(problems) + "). Use the config that trained them (omit "
-                         "--config to use the run's config.json) or matching weights.")
+        raise ValueError(f"The {what} in {where} do not fit the model of this config ("
+                         + "; ".join(problems) + f"). {fix}")
 
 
 class PreemptionFlag:

@@ -1,30 +1,56 @@
 """The small argument language of config files: `configs/x.py:runlocal,res=288,m=6`."""
 import ml_collections
 
+from lfvit_jax.cli import UsageError
+
+BOOLEANS = {"true": True, "1": True, "false": False, "0": False}
+
 
 def parse_arg(arg, **defaults):
     """Parses `key=value,flag` into a ConfigDict, typed after `defaults`.
 
-    A bare word is a boolean flag set to True. Keys not in `defaults` are an error, so a typo
+    A bare word is a boolean flag set to True; booleans take only true/false/1/0. Keys not in
+    `defaults`, values of the wrong type and a key given twice are errors (UsageError), so a typo
     in a command line never passes silently.
     """
     out = ml_collections.ConfigDict(dict(defaults))
+    seen = set()
     for item in filter(None, (arg or "").split(",")):
-        key, _, value = item.partition("=")
-        key = key.strip()
+        key, eq, value = item.partition("=")
+        key, value = key.strip(), value.strip()
         if key not in defaults:
-            raise ValueError(
-                f"Unknown config argument {key!r}; this config accepts {sorted(defaults)}.")
-        default = defaults[key]
-        if not _:
-            out[key] = True
-        elif isinstance(default, bool):
-            out[key] = value.lower() in ("1", "true", "yes", "on")
-        elif default is None:
-            out[key] = value
-        else:
-            out[key] = type(default)(value)
+            raise UsageError(f"Unknown config argument {key!r}; this config accepts "
+                             f"{sorted(defaults)}.")
+        if key in seen:
+            raise UsageError(f"Config argument {key!r} is given twice.")
+        seen.add(key)
+        out[key] = _value(key, value if eq else None, defaults[key])
     return out
+
+
+def given(arg):
+    """The keys an argument string sets explicitly (`runlocal,m=3` -> {'runlocal', 'm'})."""
+    return {item.partition("=")[0].strip() for item in filter(None, (arg or "").split(","))}
+
+
+def _value(key, value, default):
+    if isinstance(default, bool):
+        if value is None:
+            return True
+        if value.lower() not in BOOLEANS:
+            raise UsageError(f"Config argument {key}={value!r}: a boolean is one of "
+                             f"{sorted(BOOLEANS)} (or the bare word {key!r} for true).")
+        return BOOLEANS[value.lower()]
+    if value is None:
+        raise UsageError(f"Config argument {key!r} needs a value: {key}=<{type(default).__name__}>"
+                         f" (default {default!r}).")
+    if default is None:
+        return value
+    try:
+        return type(default)(value)
+    except ValueError:
+        raise UsageError(f"Config argument {key}={value!r} is not a valid "
+                         f"{type(default).__name__} (default {default!r}).") from None
 
 
 def load_config(spec):
@@ -42,7 +68,7 @@ def load_config(spec):
     candidates = [pathlib.Path(path), here / "configs" / path, here.parent / "configs" / path]
     found = next((c for c in candidates if c.is_file()), None)
     if found is None:
-        raise ValueError(f"Config {path!r} not found; looked at {[str(c) for c in candidates]}.")
+        raise UsageError(f"Config {path!r} not found; looked at {[str(c) for c in candidates]}.")
     module_spec = importlib.util.spec_from_file_location(f"lfvit_config_{found.stem}", found)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)

@@ -26,19 +26,30 @@ def convert(src, dst, allow_pickle=False, **overrides):
     return config
 
 
-if __name__ == "__main__":
-    from absl import app, flags
-
+def define_flags(fv, argv):
+    del argv
+    from absl import flags
+    d = dict(flag_values=fv)
     flags.DEFINE_string("src", None, ".pth/.pt state_dict or checkpoint, or .npz of state_dict "
-                        "arrays")
-    flags.DEFINE_string("dst", None, "new directory for the converted checkpoint")
-    flags.DEFINE_enum("name", None, ["lfvit", "deit"], "model to build (default: lfvit)")
-    flags.DEFINE_integer("num_heads", None, "needed when the width is not DeiT Ti/S/B's")
-    flags.DEFINE_integer("region_size", None, "region side m (not stored in the weights)")
-    flags.DEFINE_integer("img_size", None, "resolution for a DeiT state_dict (resamples pos_embed)")
+                        "arrays", **d)
+    flags.DEFINE_string("dst", None, "new directory for the converted checkpoint", **d)
+    flags.DEFINE_enum("name", None, ["lfvit", "deit"], "model to build (default: lfvit)", **d)
+    flags.DEFINE_integer("num_heads", None, "needed when the width is not DeiT Ti/S/B's", **d)
+    flags.DEFINE_integer("region_size", None, "region side m (not stored in the weights)", **d)
+    flags.DEFINE_integer("img_size", None, "resolution for a DeiT state_dict (resamples "
+                         "pos_embed)", **d)
     flags.DEFINE_bool("allow_pickle", False, "read .pth files that hold Python objects besides "
-                      "tensors (trusted files only)")
-    flags.mark_flags_as_required(["src", "dst"])
-    FLAGS = flags.FLAGS
-    app.run(lambda argv: convert(FLAGS.src, FLAGS.dst, FLAGS.allow_pickle, **{
-        k: FLAGS[k].value for k in OVERRIDES if FLAGS[k].value is not None}))
+                      "tensors (trusted files only)", **d)
+    flags.mark_flags_as_required(["src", "dst"], **d)
+
+
+def main(FLAGS):
+    convert(FLAGS.src, FLAGS.dst, FLAGS.allow_pickle,
+            **{k: FLAGS[k].value for k in OVERRIDES if FLAGS[k].value is not None})
+
+
+if __name__ == "__main__":
+    import sys
+
+    from lfvit_jax import cli
+    sys.exit(cli.run(define_flags, main))

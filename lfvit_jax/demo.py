@@ -3,7 +3,9 @@
 The notebooks share one workdir ($LFVIT_DEMO_WORKDIR, default ~/lfvit_demo): the first to run
 trains (or finishes an interrupted run), the others reuse its checkpoint. With
 $LFVIT_NOTEBOOK_FAST=1 they use the `runlocal` variant (8 steps of a tiny model, in a workdir of
-its own) so a test can execute every notebook in seconds.
+its own) so a test can execute every notebook in seconds. $LFVIT_PRECISION=bfloat16 evaluates
+and predicts with bfloat16 matmuls (config.model.matmul_dtype; training keeps its own
+compute_dtype).
 """
 import json
 import os
@@ -13,16 +15,24 @@ from lfvit_jax.config_args import load_config
 
 WORKDIR_ENV = "LFVIT_DEMO_WORKDIR"
 FAST_ENV = "LFVIT_NOTEBOOK_FAST"
+PRECISION_ENV = "LFVIT_PRECISION"
 
 
 def is_fast():
     return os.environ.get(FAST_ENV, "") not in ("", "0")
 
 
+def precision():
+    """The matmul dtype of $LFVIT_PRECISION, default float32."""
+    return os.environ.get(PRECISION_ENV, "") or "float32"
+
+
 def config(fast=None):
-    """configs/demo.py, or its `runlocal` variant in the fast setting."""
+    """configs/demo.py, or its `runlocal` variant in the fast setting, at `precision()`."""
     fast = is_fast() if fast is None else fast
-    return load_config("demo.py:runlocal" if fast else "demo.py")
+    cfg = load_config("demo.py:runlocal" if fast else "demo.py")
+    cfg.model.matmul_dtype = precision()
+    return cfg
 
 
 def workdir(fast=None):

@@ -11,6 +11,7 @@ import json
 
 import jax
 import numpy as np
+from absl import flags
 from jax.experimental import multihost_utils
 
 from lfvit_jax import loading, parallel, reports, sweep, workdir as rundir
@@ -50,7 +51,7 @@ def evaluate_weights(config, workdir, which="latest", dataset=None, preview=16):
         raise ValueError(f"config.model.num_classes={config.model.num_classes} but the data has "
                          f"{config.data.num_classes} classes; make them agree.")
     mesh = parallel.make_mesh()
-    parallel.check_batch(config.eval_batch_size, mesh)
+    parallel.check_batch(config.eval_batch_size, mesh, name="config.eval_batch_size")
     loaded = loading.load(config, workdir, which, mesh)
     shardings = jax.tree.map(lambda x: x.sharding, loaded.params)
     arrays, images = run(make_eval_step(loaded.task, shardings, mesh), loaded.params,
@@ -91,16 +92,20 @@ def match_baseline(lfvit_dir, baseline_dir, num=1001):
     return out
 
 
-def main(argv):
+def define_flags(fv, argv):
     del argv
+    flags.DEFINE_string("workdir", None, "A finished LF-ViT training run.", flag_values=fv)
+    flags.DEFINE_string("baseline", None, "A finished baseline (DeiT) run of the same data.",
+                        flag_values=fv)
+    flags.mark_flags_as_required(["workdir", "baseline"], flag_values=fv)
+
+
+def main(FLAGS):
     print(json.dumps(match_baseline(FLAGS.workdir, FLAGS.baseline)))
 
 
 if __name__ == "__main__":
-    from absl import app, flags
+    import sys
 
-    flags.DEFINE_string("workdir", None, "A finished LF-ViT training run.")
-    flags.DEFINE_string("baseline", None, "A finished baseline (DeiT) run of the same data.")
-    flags.mark_flags_as_required(["workdir", "baseline"])
-    FLAGS = flags.FLAGS
-    app.run(main)
+    from lfvit_jax import cli
+    sys.exit(cli.run(define_flags, main))

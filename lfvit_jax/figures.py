@@ -138,17 +138,24 @@ def main(workdir, out=None, threshold=None, baseline=None):
     print(json.dumps(numbers))
 
 
-if __name__ == "__main__":
-    from absl import app, flags
-
-    flags.DEFINE_string("workdir", None, "a finished demo run (main.py --workdir)")
+def define_flags(fv, argv):
+    del argv
+    from absl import flags
+    d = dict(flag_values=fv)
+    flags.DEFINE_string("workdir", None, "a finished demo run (main.py --workdir)", **d)
     flags.DEFINE_string("out", None, "folder for the PNGs and figures.json (default: "
-                        "WORKDIR/figures)")
+                        "WORKDIR/figures)", **d)
     flags.DEFINE_float("threshold", None, "exit threshold eta named in the panel titles "
                        "(default: the median localization confidence, where about half the "
-                       "images exit)")
+                       "images exit)", **d)
     flags.DEFINE_string("baseline", None, "a finished baseline run (configs/demo.py:baseline): "
-                        "its point joins the budget curve")
-    flags.mark_flags_as_required(["workdir"])
-    FLAGS = flags.FLAGS
-    app.run(lambda argv: main(FLAGS.workdir, FLAGS.out, FLAGS.threshold, FLAGS.baseline))
+                        "its point joins the budget curve", **d)
+    flags.mark_flags_as_required(["workdir"], **d)
+
+
+if __name__ == "__main__":
+    import sys
+
+    from lfvit_jax import cli
+    sys.exit(cli.run(define_flags, lambda FLAGS: main(FLAGS.workdir, FLAGS.out, FLAGS.threshold,
+                                                      FLAGS.baseline)))

@@ -165,22 +165,26 @@ def lfvit_report(model, focus_mode="region"):
     return "\n".join(lines), out
 
 
-def main(argv):
-    del argv
+def define_flags(fv, argv):
+    from absl import flags
+    from ml_collections import config_flags
+    config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py:arg).",
+                                    lock_config=True, sys_argv=argv, flag_values=fv)
+    flags.DEFINE_enum("focus", "region", ["region", "whole"],
+                      "Focus stage on the selected region (inference) or the whole image (first "
+                      "training phase).", flag_values=fv)
+    flags.mark_flags_as_required(["config"], flag_values=fv)
+
+
+def main(FLAGS):
     from lfvit_jax import tasks
-    table, out = tasks.build(_CONFIG.value.model).flops_report(_FOCUS.value)
+    table, out = tasks.build(FLAGS.config.model).flops_report(FLAGS.focus)
     print(table)
     print(json.dumps(out))
 
 
 if __name__ == "__main__":
-    from absl import app, flags
-    from ml_collections import config_flags
+    import sys
 
-    _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py:arg).",
-                                              lock_config=True)
-    _FOCUS = flags.DEFINE_enum("focus", "region", ["region", "whole"],
-                               "Focus stage on the selected region (inference) or the whole image "
-                               "(first training phase).")
-    flags.mark_flags_as_required(["config"])
-    app.run(main)
+    from lfvit_jax import cli
+    sys.exit(cli.run(define_flags, main))

@@ -1,9 +1,10 @@
 """Parameters alone, for evaluation and prediction: no optimizer, schedule or dataset.
 
 `load(config, workdir)` takes weights in the resume order: the workdir's own checkpoint (its
-latest step by default, `best`, or a step number; the EMA parameters when the run kept them),
-else `config.resume` (another run), else `config.init_from` (official LF-ViT / CF-ViT / timm DeiT
-weights, or a `lfvit_jax.convert` folder). They are restored straight into the model's abstract
+latest step by default, `best`, or a step number; the EMA parameters when the run kept them; a
+damaged step is skipped with a warning for the newest intact one), else `config.resume` (another
+run), else `config.init_from` (official LF-ViT / CF-ViT / timm DeiT weights, or a
+`lfvit_jax.convert` folder). They are restored straight into the model's abstract
 parameters with their shardings.
 """
 import dataclasses
@@ -40,12 +41,15 @@ def pretrained_params(config, task, target):
                                jax.tree.map(lambda x: x.sharding, target))
 
 
-def _pick(steps, which, directory):
+def _restore(directory, steps, which, target):
+    """(step, params, key): a named step, or the newest intact one ('latest', 'best')."""
     if which in ("latest", "best"):
-        return max(steps)
+        step, (params, key), _ = checkpoint.newest_intact(
+            directory, steps, lambda s: checkpoint.restore_params(directory, s, target))
+        return step, params, key
     if int(which) not in steps:
         raise ValueError(f"No step {which} in {directory}; it holds {sorted(steps)}.")
-    return int(which)
+    return (int(which),) + checkpoint.restore_params(directory, int(which), target)
 
 
 def load(config, workdir=None, which="latest", mesh=None):
@@ -58,8 +62,7 @@ def load(config, workdir=None, which="latest", mesh=None):
         directory = epath.Path(run) / folder
         steps = checkpoint.steps(directory)
         if steps:
-            step = _pick(steps, which, directory)
-            params, key = checkpoint.restore_params(directory, step, target)
+            step, params, key = _restore(directory, steps, which, target)
             return Loaded(task, params, f"{directory}/{step} ({key})", step)
         if run == config.get("resume") or which != "latest":
             raise ValueError(f"No checkpoint under {directory} (asked for: {which}).")

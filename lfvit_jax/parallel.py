@@ -48,13 +48,13 @@ def replicated(mesh):
     return NamedSharding(mesh, P())
 
 
-def check_batch(global_batch, mesh, grad_accum=1):
+def check_batch(global_batch, mesh, grad_accum=1, name="config.batch_size"):
     """Clear error when a batch does not split evenly over devices (and accumulation steps)."""
     n = mesh.devices.size
     if global_batch % (n * grad_accum):
         raise ValueError(
             f"Global batch {global_batch} does not divide over {n} devices x {grad_accum} "
-            f"gradient-accumulation steps; set config.batch_size to a multiple of {n * grad_accum}.")
+            f"gradient-accumulation steps; set {name} to a multiple of {n * grad_accum}.")
 
 
 def fsdp_spec(shape, n):

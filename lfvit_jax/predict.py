@@ -25,6 +25,7 @@ from lfvit_jax import loading, parallel, plotting, reports, tasks, workdir as ru
 from lfvit_jax.inputs import item_name, list_inputs, read_items
 
 SAVE_LOGITS = ("final", "all")
+log = logging.getLogger(__name__)
 
 
 def overlay_name(index, name):
@@ -111,7 +112,7 @@ def predict(model, variables, inputs, data_cfg, out_dir, threshold, batch_size=3
             for j, (name, img, error) in enumerate(read_items([files[i]], data_cfg, size)):
                 bar.update(1)
                 if error:
-                    logging.warning("Skipping %s: %s", name, error)
+                    log.warning("Skipping %s: %s", name, error)
                     skipped.append([i, j, {"file": name, "error": error}])
                 else:
                     yield (i, j), img

@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import os
+import zipfile
 
 import jax
 import jax.numpy as jnp
@@ -49,11 +50,18 @@ def to_flax(torch_name, array):
 
 
 def read_state_dict(path, allow_pickle=False):
-    """A PyTorch-named state_dict as numpy arrays from .pth/.pt/.bin or .npz."""
+    """A PyTorch-named state_dict as float32 numpy arrays from .pth/.pt/.bin or .npz (local or
+    a URL); every array must be floating point and finite."""
     path = os.fspath(path)
+    if not storage.path(path).exists():
+        raise ValueError(f"{path} does not exist.")
     if path.endswith(".npz"):
-        with np.load(io.BytesIO(storage.path(path).read_bytes())) as f:
-            sd = {k: f[k] for k in f.files}
+        try:
+            with np.load(io.BytesIO(storage.path(path).read_bytes()), allow_pickle=False) as f:
+                sd = {k: f[k] for k in f.files}
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+            raise ValueError(f"{path} is not a readable .npz of state_dict arrays (numbers only, "
+                             f"no Python objects): {type(e).__name__}.") from None
     elif path.endswith((".pth", ".pt", ".bin")):
         try:
             import torch  # only for .pth files; not a requirement of the project
@@ -78,6 +86,11 @@ def read_state_dict(path, allow_pickle=False):
     else:
         raise ValueError(f"Unrecognised checkpoint {path!r}: expected a .pth/.pt state_dict, an .npz "
                          "of state_dict arrays, or a directory written by `python -m lfvit_jax.convert`.")
+    for k, v in sd.items():
+        if not np.issubdtype(v.dtype, np.floating):
+            raise ValueError(f"{path}: {k} is {v.dtype}; weights must be floating point.")
+        if not np.isfinite(v).all():
+            raise ValueError(f"{path}: {k} holds NaN or inf values; these weights are damaged.")
     return {k.removeprefix("module."): np.asarray(v, np.float32) for k, v in sd.items()}
 
 
@@ -155,8 +168,8 @@ def assign(sd, abstract_params, fresh_params=None, allow_missing=()):
         if key not in flat_target:
             unexpected.append(name)
         elif tuple(value.shape) != tuple(flat_target[key].shape):
-            mismatched.append(f"{name}: checkpoint {tuple(array.shape)} vs model "
-                              f"{tuple(flat_target[key].shape)} (as {key})")
+            mismatched.append(f"{name}: checkpoint {tuple(array.shape)} (as {key}: "
+                              f"{tuple(value.shape)}) vs model {tuple(flat_target[key].shape)}")
         else:
             out[key] = value
     missing = [k for k in flat_target if k not in out]

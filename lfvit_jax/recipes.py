@@ -2,7 +2,10 @@
 import ml_collections
 
 from lfvit_jax import data
+from lfvit_jax.cli import UsageError
 from lfvit_jax.models import VARIANTS
+
+RUNLOCAL_COARSE = 4  # runlocal's coarse grid side: 64 px, patch 8, coarse tokens of 2x2 patches
 
 
 def deit_s_model(name, img_size, **extra):
@@ -44,14 +47,24 @@ def deit_training(config, *, total_epochs=300, selection_start_epoch=231):
     return config
 
 
-def runlocal(config):
+def runlocal(config, given=()):
     """Eight steps of a tiny model on the embedded cluttered MNIST (64 px): a smoke test of a
-    config's code path on any machine, whatever dataset the full config trains on."""
+    config's code path on any machine, whatever dataset the full config trains on. `given`: the
+    config arguments set explicitly; an explicit m is kept (it must fit the 4x4 coarse grid), an
+    explicit res is refused (runlocal trains at 64 px)."""
+    if "res" in given:
+        raise UsageError("runlocal trains at 64 px, so it takes no res=...; drop one of them.")
+    if "m" in given and not 1 <= config.model.region_size <= RUNLOCAL_COARSE:
+        raise UsageError(f"m={config.model.region_size} does not fit runlocal's "
+                         f"{RUNLOCAL_COARSE}x{RUNLOCAL_COARSE} coarse grid; use m in "
+                         f"[1, {RUNLOCAL_COARSE}].")
     config.data = data.cluttered_mnist_config()
     config.model.update(num_classes=10, img_size=64, patch=8, width=32, depth=2, num_heads=2,
                         mlp_dim=64)
     if "region_size" in config.model:  # a model with regions: fit them to the tiny grid
-        config.model.update(region_size=2, gca_blocks=(0, 1))
+        config.model.update(gca_blocks=(0, 1))
+        if "m" not in given:
+            config.model.region_size = 2
     config.update(batch_size=16, eval_batch_size=100, total_steps=8, log_every_steps=2,
                   checkpoint_every_steps=4, compute_dtype="float32")
     config.eval_every_epochs = config.total_epochs  # once, at the end

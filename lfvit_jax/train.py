@@ -9,21 +9,22 @@ import functools
 import json
 import logging
 import math
+import os
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
 
-from lfvit_jax import (checkpoint, evaluate, loading, metrics, optim, parallel, recipes, reports,
-                       tasks, workdir as rundir)
+from lfvit_jax import (checkpoint, cli, evaluate, loading, metrics, optim, parallel, recipes,
+                       reports, tasks, workdir as rundir)
+from lfvit_jax.models import precision
 
 log = logging.getLogger(__name__)
 
 # Every top-level config key the loop reads (the recipe's, plus the two sections); anything
 # else is a typo and an error.
 CONFIG_KEYS = frozenset({"model", "data"} | set(recipes.deit_training(ml_collections.ConfigDict())))
-COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -33,13 +34,13 @@ class NonFiniteLossError(FloatingPointError):
 def check_config(config):
     unknown = sorted(set(config.keys()) - CONFIG_KEYS)
     if unknown:
-        raise ValueError(f"Unknown config keys {unknown}; the training loop reads "
-                         f"{sorted(CONFIG_KEYS)}. Fix the spelling in the config file.")
-    if config.compute_dtype not in COMPUTE_DTYPES:
-        raise ValueError(f"config.compute_dtype={config.compute_dtype!r} is not one of "
-                         f"{sorted(COMPUTE_DTYPES)}.")
+        raise cli.UsageError(f"Unknown config keys {unknown}; the training loop reads "
+                             f"{sorted(CONFIG_KEYS)}. Fix the spelling in the config file.")
+    if config.compute_dtype not in precision.MATMUL_DTYPES:
+        raise cli.UsageError(f"config.compute_dtype={config.compute_dtype!r} is not one of "
+                             f"{sorted(precision.MATMUL_DTYPES)}.")
     if config.grad_accum < 1:
-        raise ValueError(f"config.grad_accum={config.grad_accum} must be >= 1.")
+        raise cli.UsageError(f"config.grad_accum={config.grad_accum} must be >= 1.")
 
 
 class Schedule:
@@ -65,20 +66,18 @@ class Schedule:
         self.eval_every = max(to_steps(config.eval_every_epochs), 1)
 
 
-def _cast(tree, dtype):
-    return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
-                        tree)
-
-
 def make_train_step(task, tx, lr_fn, config, mesh, state_shardings, phase):
-    """A jitted, state-donating update on one global batch (split into `grad_accum` parts)."""
-    accum, dtype = config.grad_accum, COMPUTE_DTYPES[config.compute_dtype]
+    """A jitted, state-donating update on one global batch (split into `grad_accum` parts).
+
+    The step's matmuls take `config.compute_dtype` operands (the model's precision policy);
+    parameters, gradients and optimizer state stay float32."""
+    accum = config.grad_accum
+    task = tasks.for_model(task.model.clone(matmul_dtype=config.compute_dtype))
     base_key = jax.random.key(config.seed)
     batch_spec = parallel.batch_sharding(mesh)
 
     def loss_fn(params, images, targets, rng):
-        out = task.forward(_cast(params, dtype), images.astype(dtype), train=True,
-                           phase=phase, rng=rng)
+        out = task.forward(params, images, train=True, phase=phase, rng=rng)
         return task.loss(out, targets, config.loss)
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -131,7 +130,7 @@ class Setup:
                                  f"{key}={value}; make them agree.")
         self.mesh = mesh or parallel.make_mesh()
         parallel.check_batch(config.batch_size, self.mesh, config.grad_accum)
-        parallel.check_batch(config.eval_batch_size, self.mesh)
+        parallel.check_batch(config.eval_batch_size, self.mesh, name="config.eval_batch_size")
         self.task = tasks.build(model_cfg)
         self.schedule = Schedule(config, info["train_examples"])
         self.lr_fn = optim.schedule(config, self.schedule.total, self.schedule.warmup)
@@ -185,32 +184,39 @@ class Setup:
 
 
 def _resume_source(config, mngr):
-    """(manager, step) to restore from, in the order workdir > config.resume; None if neither."""
-    if mngr.latest_step() is not None:
-        return mngr, mngr.latest_step()
+    """The manager to restore from, in the order workdir > config.resume; None if neither."""
+    if mngr.all_steps():
+        return mngr
     if config.resume:
         other = checkpoint.manager(f"{config.resume}/{checkpoint.CHECKPOINTS_DIR}",
                                    read_only=True)
-        if other.latest_step() is None:
+        if not other.all_steps():
             raise ValueError(f"config.resume={config.resume} holds no checkpoint under "
                              f"{config.resume}/checkpoints.")
-        return other, other.latest_step()
+        return other
     return None
 
 
 def initial_state(setup, mngr, data_iter):
-    """The resume order: workdir checkpoint > config.resume > config.init_from > scratch."""
+    """The resume order: workdir checkpoint > config.resume > config.init_from > scratch. A
+    checkpoint's newest intact step is used; damaged newer steps of the workdir are set aside."""
     config = setup.config
-    source = _resume_source(config, mngr)
-    if source is not None:
-        src, step = source
+    src = _resume_source(config, mngr)
+    if src is not None:
         target = checkpoint.abstract_with_shardings(setup.abstract_state, setup.shardings)
-        log.info("Resuming from %s step %d", src.directory, step)
+        directory = os.fspath(src.directory)
         try:
-            return checkpoint.restore(src, step, target, data_iter), f"{src.directory}/{step}"
+            step, state, skipped = checkpoint.newest_intact(
+                directory, src.all_steps(),
+                lambda s: checkpoint.restore(src, s, target, data_iter))
         finally:
             if src is not mngr:
                 src.close()
+        if skipped and src is mngr:
+            checkpoint.set_aside(directory, skipped)
+            mngr.reload()
+        log.info("Resuming from %s step %d", directory, step)
+        return state, f"{directory}/{step}"
     if config.init_from:
         log.info("Initialising parameters from %s (step 0)", config.init_from)
         return setup.state_from_pretrained(), f"init_from {config.init_from}"
@@ -296,8 +302,9 @@ def train_and_evaluate(config, workdir, dataset=None):
             if step % sched.eval_every == 0 or step == sched.total:
                 arrays, summary, images = run_eval(setup, state, dataset)
                 writer.write(step, _eval_scalars(summary))
-                checkpoint.save(best, step, {"params": setup.eval_params(state)},
-                                metrics={"top1": summary["top1"]})
+                if step not in best.all_steps():  # else saved before a resume from earlier
+                    checkpoint.save(best, step, {"params": setup.eval_params(state)},
+                                    metrics={"top1": summary["top1"]})
                 _print0(f"eval at step {step}: "
                         + setup.task.format_summary(summary).splitlines()[0])
                 progress.reset(step)

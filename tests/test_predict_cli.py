@@ -12,7 +12,7 @@ from PIL import Image
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import main  # noqa: E402  (the repository's entry point)
 
-from lfvit_jax import convert, load_pretrained, train  # noqa: E402
+from lfvit_jax import cli, convert, load_pretrained, train  # noqa: E402
 from lfvit_jax.config_args import load_config  # noqa: E402
 from lfvit_jax.data import imagenet_config  # noqa: E402
 from lfvit_jax.data import pipeline  # noqa: E402
@@ -28,20 +28,8 @@ TINY_FLAGS = ["--config=configs/lfvit_deit_s.py:res=224,m=4", "--config.model.wi
 
 
 def run_main(args):
-    """main.py in this process; returns its exit status."""
-    argv = ["main.py"] + [str(a) for a in args]
-    main.FLAGS.unparse_flags()
-    for name in [n for n in main.FLAGS if n.startswith("config.")]:
-        delattr(main.FLAGS, name)  # the override flags a previous --config defined
-    saved, sys.argv = sys.argv, argv  # ml_collections reads --config.x overrides from sys.argv
-    try:
-        main.FLAGS(argv)
-        main.main([])
-    except SystemExit as e:
-        return 1 if isinstance(e.code, str) else (e.code or 0)
-    finally:
-        sys.argv = saved
-    return 0
+    """main.py in this process (fresh flags each time); returns its exit status."""
+    return cli.run(main.define_flags, main.main, ["main.py"] + [str(a) for a in args])
 
 
 @pytest.fixture
@@ -128,7 +116,7 @@ def snapshot(folder):
 
 
 @pytest.mark.parametrize("kind", ["lfvit", "deit"])
-def test_predict_from_a_trained_run(tmp_path, trained, no_dataset, kind):
+def test_predict_from_a_trained_run(tmp_path, trained, no_dataset, kind, capsys):
     run = trained[kind]
     folder = tmp_path / "imgs"
     folder.mkdir()
@@ -147,9 +135,10 @@ def test_predict_from_a_trained_run(tmp_path, trained, no_dataset, kind):
     assert run_main(["--mode=predict", f"--workdir={run}", f"--input={folder}",
                      "--predict_batch_size=8"]) == 0
     assert read_rows(run / "predictions_2") == rows
-    with pytest.raises(ValueError, match="--overwrite"):
-        run_main(["--mode=predict", f"--workdir={run}", f"--input={folder}", f"--output={out}",
-                  "--predict_batch_size=8"])
+    capsys.readouterr()
+    assert run_main(["--mode=predict", f"--workdir={run}", f"--input={folder}",
+                     f"--output={out}", "--predict_batch_size=8"]) == 1
+    assert "--overwrite" in capsys.readouterr().err
     assert read_rows(out) == rows
     after = snapshot(run)
     assert {k: v for k, v in after.items() if not str(k).startswith("predictions_")} == before
@@ -167,12 +156,12 @@ def test_nothing_classified_exits_non_zero_and_keeps_earlier_output(tmp_path, tr
     assert (out / "predictions.jsonl").read_text() == "earlier\n"
 
 
-def test_eval_refuses_a_changed_model_and_keeps_the_run_files(trained):
+def test_eval_refuses_a_changed_model_and_keeps_the_run_files(trained, capsys):
     run = trained["lfvit"]
     before = snapshot(run)
-    with pytest.raises(ValueError, match=r"model\.region_size"):
-        run_main(["--mode=eval", f"--workdir={run}", "--config=configs/demo.py:runlocal",
-                  "--config.model.region_size=1"])
+    assert run_main(["--mode=eval", f"--workdir={run}", "--config=configs/demo.py:runlocal",
+                     "--config.model.region_size=1"]) == 1
+    assert "model.region_size" in capsys.readouterr().err
     assert run_main(["--mode=eval", f"--workdir={run}"]) == 0
     after = snapshot(run)
     assert {k: v for k, v in after.items() if k in before} == before  # nothing overwritten
@@ -183,8 +172,9 @@ def test_eval_refuses_a_changed_model_and_keeps_the_run_files(trained):
     assert result["focus_top1"] == final["focus_top1"]  # the same weights and data as training's
 
 
-def test_checkpoint_best_and_a_missing_step(trained):
+def test_checkpoint_best_and_a_missing_step(trained, capsys):
     run = trained["lfvit"]
     assert run_main(["--mode=eval", f"--workdir={run}", "--checkpoint=best"]) == 0
-    with pytest.raises(ValueError, match="No step 3"):
-        run_main(["--mode=eval", f"--workdir={run}", "--checkpoint=3"])
+    capsys.readouterr()
+    assert run_main(["--mode=eval", f"--workdir={run}", "--checkpoint=3"]) == 1
+    assert "No step 3" in capsys.readouterr().err

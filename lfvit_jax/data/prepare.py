@@ -55,6 +55,8 @@ flags.DEFINE_enum("on_corrupt", "skip", ["skip", "error"], "skip unreadable imag
                   "at the end) or stop", flag_values=FLAGS)
 flags.DEFINE_integer("examples_per_shard", 1024, "records per array_record shard",
                      flag_values=FLAGS)
+flags.DEFINE_integer("verbosity", 0, "1 or more: library logs, and a traceback with any error",
+                     short_name="v", flag_values=FLAGS)
 COMMANDS = {"cluttered_mnist": 0, "folder": 1, "imagenet2012": 0, "tfds": 1, "copy": 1}  # positional args
 
 
@@ -109,9 +111,14 @@ def prepare(command, rest, data_dir):
               f"{skipped}")
 
 
-if __name__ == "__main__":
+def _run():
     try:
         main(sys.argv[1:])
     except (app.UsageError, flags.Error) as e:  # usage errors exit 2, with the usage
         print(f"{e}\n\n{__doc__}\nFlags:\n{FLAGS.get_help()}", file=sys.stderr)
         sys.exit(2)
+
+
+if __name__ == "__main__":
+    from lfvit_jax import cli
+    sys.exit(cli.guarded(_run))  # other failures: one message, exit 1

@@ -87,7 +87,7 @@ class LFViT(VitTrunk):
         self.pos_embed_list_0 = self.param("pos_embed_list_0", trunc_normal, (1, 1 + h1 * h1, self.width))
         self.pos_embed_list_1 = self.param("pos_embed_list_1", trunc_normal, (1, 1 + h2 * h2, self.width))
         self.reuse_block_0 = layer_norm()
-        self.reuse_block_1 = Mlp(4 * self.width, self.dense_init)
+        self.reuse_block_1 = Mlp(4 * self.width, self.dense_init, self.matmul_dtype)
 
     def _validate(self):
         step = 2 * self.patch

@@ -9,6 +9,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lfvit_jax.models import precision
+
 # width, depth, heads of the DeiT family (the one place they are written); the MLP is 4x the width.
 VARIANTS = {
     "Ti": (192, 12, 3),
@@ -36,8 +38,21 @@ def gelu(x):
     return nn.gelu(x, approximate=False)  # DeiT uses the exact erf GELU
 
 
-def dense(features, init="deit", name=None):
-    return nn.Dense(features, kernel_init=DENSE_INITS[init], name=name)
+class Dense(nn.Module):
+    """nn.Dense (same parameters, same float32 result), its matmul under the precision policy."""
+    features: int
+    dense_init: str = "deit"
+    matmul_dtype: str = "float32"
+
+    @nn.compact
+    def __call__(self, x):
+        kernel = self.param("kernel", DENSE_INITS[self.dense_init], (x.shape[-1], self.features))
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        return precision.dense(x, kernel, bias, self.matmul_dtype)
+
+
+def dense(features, init="deit", name=None, matmul_dtype="float32"):
+    return Dense(features, init, matmul_dtype, name=name)
 
 
 class Patchify(nn.Module):
@@ -49,6 +64,7 @@ class Patchify(nn.Module):
     """
     features: int
     patch: int
+    matmul_dtype: str = "float32"
 
     @nn.compact
     def __call__(self, x, index=None):
@@ -60,17 +76,21 @@ class Patchify(nn.Module):
         x = x.reshape(b, (h // p) * (w // p), p * p * c)
         if index is not None:
             x = jnp.take_along_axis(x, index[:, :, None], axis=1)
-        return x @ kernel.reshape(p * p * c, self.features) + bias
+        kernel = kernel.reshape(p * p * c, self.features)
+        if self.matmul_dtype == "float32":
+            return x @ kernel + bias
+        return precision.einsum("bnk,kf->bnf", x, kernel, self.matmul_dtype) + bias
 
 
 class PatchEmbed(nn.Module):
     """Image (B, H, W, 3) -> raster-ordered patch tokens (B, H/p * W/p, C), or those at `index`."""
     features: int
     patch: int
+    matmul_dtype: str = "float32"
 
     @nn.compact
     def __call__(self, x, index=None):
-        return Patchify(self.features, self.patch, name="proj")(x, index)
+        return Patchify(self.features, self.patch, self.matmul_dtype, name="proj")(x, index)
 
 
 class HeadsQKV(nn.Module):
@@ -79,6 +99,7 @@ class HeadsQKV(nn.Module):
     around the attention products (the attention layer runs about a third faster)."""
     num_heads: int
     dense_init: str = "deit"
+    matmul_dtype: str = "float32"
 
     @nn.compact
     def __call__(self, x):
@@ -86,13 +107,15 @@ class HeadsQKV(nn.Module):
         h, d = self.num_heads, c // self.num_heads
         kernel = self.param("kernel", DENSE_INITS[self.dense_init], (c, 3 * c))
         bias = self.param("bias", nn.initializers.zeros, (3 * c,))
-        qkv = jnp.einsum("bnc,cthd->tbhnd", x, kernel.reshape(c, 3, h, d))
+        qkv = precision.einsum("bnc,cthd->tbhnd", x, kernel.reshape(c, 3, h, d),
+                               self.matmul_dtype)
         return qkv + bias.reshape(3, 1, h, 1, d)
 
 
 class HeadsProj(nn.Module):
     """timm's output Linear (kernel (C, C)) applied to per-head outputs (B, heads, N, head_dim)."""
     dense_init: str = "deit"
+    matmul_dtype: str = "float32"
 
     @nn.compact
     def __call__(self, x):
@@ -100,38 +123,43 @@ class HeadsProj(nn.Module):
         c = h * d
         kernel = self.param("kernel", DENSE_INITS[self.dense_init], (c, c))
         bias = self.param("bias", nn.initializers.zeros, (c,))
-        return jnp.einsum("bhnd,hdc->bnc", x, kernel.reshape(h, d, c)) + bias
+        return precision.einsum("bhnd,hdc->bnc", x, kernel.reshape(h, d, c),
+                                self.matmul_dtype) + bias
 
 
 class Attention(nn.Module):
     """Multi-head self-attention; optionally also returns the post-softmax probabilities."""
     num_heads: int
     dense_init: str = "deit"
+    matmul_dtype: str = "float32"
 
     @nn.compact
     def __call__(self, x, return_probs=False, cls_only=False, query_index=None):
         """With `cls_only`, only the class token queries: output (B, 1, C), probs (B, h, 1, N).
         With `query_index` (B, k), only those tokens query: output (B, k, C)."""
         d = x.shape[-1] // self.num_heads
-        q, k, v = HeadsQKV(self.num_heads, self.dense_init, name="qkv")(x)
+        mm = self.matmul_dtype
+        q, k, v = HeadsQKV(self.num_heads, self.dense_init, mm, name="qkv")(x)
         if cls_only:
             q = q[:, :, :1]
         elif query_index is not None:
             q = jnp.take_along_axis(q, query_index[:, None, :, None], axis=2)
-        logits = jnp.einsum("bhqd,bhkd->bhqk", q * d**-0.5, k)
+        logits = precision.einsum("bhqd,bhkd->bhqk", q * d**-0.5, k, mm)
         probs = jax.nn.softmax(logits, axis=-1)
-        out = HeadsProj(self.dense_init, name="proj")(jnp.einsum("bhqk,bhkd->bhqd", probs, v))
+        out = HeadsProj(self.dense_init, mm, name="proj")(
+            precision.einsum("bhqk,bhkd->bhqd", probs, v, mm))
         return (out, probs) if return_probs else out
 
 
 class Mlp(nn.Module):
     hidden: int
     dense_init: str = "deit"
+    matmul_dtype: str = "float32"
 
     @nn.compact
     def __call__(self, x):
-        y = gelu(dense(self.hidden, self.dense_init, "fc1")(x))
-        return dense(x.shape[-1], self.dense_init, "fc2")(y)
+        y = gelu(dense(self.hidden, self.dense_init, "fc1", self.matmul_dtype)(x))
+        return dense(x.shape[-1], self.dense_init, "fc2", self.matmul_dtype)(y)
 
 
 class DropPath(nn.Module):
@@ -153,6 +181,7 @@ class Block(nn.Module):
     mlp_dim: int
     drop_path: float = 0.0
     dense_init: str = "deit"
+    matmul_dtype: str = "float32"
 
     @nn.compact
     def __call__(self, x, deterministic=True, cls_only=False, query_index=None):
@@ -160,7 +189,7 @@ class Block(nn.Module):
         the full block's first row, without the other tokens' queries, projection and MLP. With
         `query_index` (B, k), the outputs of those tokens only, (B, k, C) (the returned attention
         row is then the first indexed token's)."""
-        attn = Attention(self.num_heads, self.dense_init, name="attn")
+        attn = Attention(self.num_heads, self.dense_init, self.matmul_dtype, name="attn")
         y, probs = attn(layer_norm("norm1")(x), return_probs=True, cls_only=cls_only,
                         query_index=query_index)
         if cls_only:
@@ -168,7 +197,8 @@ class Block(nn.Module):
         elif query_index is not None:
             x = jnp.take_along_axis(x, query_index[:, :, None], axis=1)
         x = x + DropPath(self.drop_path)(y, deterministic)
-        y = Mlp(self.mlp_dim, self.dense_init, name="mlp")(layer_norm("norm2")(x))
+        mlp = Mlp(self.mlp_dim, self.dense_init, self.matmul_dtype, name="mlp")
+        y = mlp(layer_norm("norm2")(x))
         x = x + DropPath(self.drop_path)(y, deterministic)
         return x, probs[:, :, 0, :]
 
@@ -201,16 +231,19 @@ class VitTrunk(nn.Module):
     patch: int = 16
     drop_path: float = 0.1
     dense_init: str = "deit"  # a key of DENSE_INITS
+    matmul_dtype: str = "float32"  # operands of every matmul: a key of precision.MATMUL_DTYPES
 
     def setup(self):
         if self.dense_init not in DENSE_INITS:
             raise ValueError(f"dense_init={self.dense_init!r} is not one of {sorted(DENSE_INITS)}.")
-        self.patch_embed = PatchEmbed(self.width, self.patch)
+        precision.check(self.matmul_dtype)
+        self.patch_embed = PatchEmbed(self.width, self.patch, self.matmul_dtype)
         self.cls_token = self.param("cls_token", trunc_normal, (1, 1, self.width))
         rates = [self.drop_path * i / max(self.depth - 1, 1) for i in range(self.depth)]
-        self.blocks = [Block(self.num_heads, self.mlp_dim, r, self.dense_init) for r in rates]
+        self.blocks = [Block(self.num_heads, self.mlp_dim, r, self.dense_init, self.matmul_dtype)
+                       for r in rates]
         self.norm = layer_norm()
-        self.head = dense(self.num_classes, self.dense_init)
+        self.head = dense(self.num_classes, self.dense_init, matmul_dtype=self.matmul_dtype)
 
     def with_cls(self, tokens, pos_embed):
         """[cls; tokens] + pos_embed."""

@@ -1,0 +1,109 @@
+"""What the checkpoint checksums cost: saving and restoring a training state with and without them.
+
+Saves a freshly initialised training state of a config (DeiT-S by default: parameters and AdamW
+moments) with orbax as the training loop does, timed to the end of the save (the async write
+waited for), once as orbax alone and once through `checkpoint.save` (checksums computed on the
+devices and saved with it); restores it once as orbax alone and once through `checkpoint.restore`
+(shapes checked against the metadata, checksums recomputed and compared). The variants alternate
+in every round, in one process, on the same files system; medians are reported.
+
+  python -m benchmarks.checkpoint_checksum                      # DeiT-S, into a temporary folder
+  python -m benchmarks.checkpoint_checksum --rounds 7 --dir /fast/disk/tmp
+"""
+import json
+import os
+import platform
+import shutil
+import statistics
+import tempfile
+import time
+
+import jax
+import orbax.checkpoint as ocp
+from absl import app, flags
+from ml_collections import config_flags
+
+from lfvit_jax import checkpoint, integrity, train
+
+config_flags.DEFINE_config_file("config", "configs/deit_s.py", "The config whose state is saved.")
+flags.DEFINE_integer("rounds", 5, "Timed rounds (each saves and restores with both variants).")
+flags.DEFINE_string("dir", None, "Folder for the checkpoints (default: a temporary one).")
+FLAGS = flags.FLAGS
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown CPU"
+
+
+def timed(fn):
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main(argv):
+    del argv
+    config = FLAGS.config
+    info = dict(num_classes=config.model.num_classes, image_size=config.model.img_size,
+                train_examples=config.batch_size * 1000, eval_examples=config.batch_size)
+    setup = train.Setup(config, info)
+    state = setup.scratch_state()
+    target = checkpoint.abstract_with_shardings(setup.abstract_state, setup.shardings)
+    nbytes = sum(x.nbytes for x in jax.tree.leaves(state))
+    root = FLAGS.dir or tempfile.mkdtemp(prefix="ckpt_checksum_")
+    mngr = checkpoint.manager(os.path.join(root, "checkpoints"))
+
+    def save_plain(step):
+        mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
+        mngr.wait_until_finished()
+
+    def save_checked(step):
+        checkpoint.save(mngr, step, state)
+        mngr.wait_until_finished()
+
+    def restore_plain(step):
+        out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+        jax.block_until_ready(out["state"])
+
+    def restore_checked(step):
+        jax.block_until_ready(checkpoint.restore(mngr, step, target))
+
+    # Warm-up: compile the checksum reductions and touch every code path once.
+    save_checked(0)
+    restore_checked(0)
+    restore_plain(0)
+    times = {k: [] for k in ("save", "save_checked", "restore", "restore_checked", "checksum")}
+    for r in range(FLAGS.rounds):
+        plain, checked = 2 * r + 1, 2 * r + 2
+        order = [("save", lambda: save_plain(plain)), ("save_checked",
+                                                        lambda: save_checked(checked))]
+        for name, fn in order if r % 2 == 0 else order[::-1]:
+            times[name].append(timed(fn))
+        order = [("restore", lambda: restore_plain(checked)),
+                 ("restore_checked", lambda: restore_checked(checked))]
+        for name, fn in order if r % 2 == 0 else order[::-1]:
+            times[name].append(timed(fn))
+        times["checksum"].append(timed(lambda: integrity.checksums(state)))
+    mngr.close()
+    if not FLAGS.dir:
+        shutil.rmtree(root)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    out = {"cpu": cpu_model(), "devices": jax.device_count(), "state_mb": nbytes / 2**20,
+           "rounds": FLAGS.rounds, **{f"{k}_s": v for k, v in med.items()},
+           "save_overhead": med["save_checked"] / med["save"] - 1,
+           "restore_overhead": med["restore_checked"] / med["restore"] - 1}
+    print(f"{out['cpu']}, {out['devices']} device(s): a {out['state_mb']:.0f} MB training state")
+    print(f"  save     {med['save']:.3f} s, with checksums {med['save_checked']:.3f} s "
+          f"({100 * out['save_overhead']:+.1f}%)")
+    print(f"  restore  {med['restore']:.3f} s, verified {med['restore_checked']:.3f} s "
+          f"({100 * out['restore_overhead']:+.1f}%)")
+    print(f"  checksums alone {med['checksum']:.3f} s")
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    app.run(main)

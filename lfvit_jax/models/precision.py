@@ -1,0 +1,83 @@
+"""The matmul precision policy: which dtype the operands of every matmul and einsum take.
+
+"float32" (the default) computes exactly as the release does. "bfloat16" rounds both operands to
+bfloat16 and accumulates and returns float32 (`preferred_element_type`): the form for which XLA
+picks its fast bf16 kernels (bf16 in and bf16 out runs at float32 speed or below on CPU). Only
+the matmuls change; parameters, LayerNorm, softmax, GELU and the residual stream stay float32.
+
+The backward pass of a bfloat16 matmul rounds the incoming float32 gradient to bfloat16 and runs
+the same bf16-in / float32-out products (as mixed-precision training does elsewhere), instead of
+JAX's default transpose, which would multiply float32 by bfloat16 at float32 speed.
+"""
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+MATMUL_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def check(matmul_dtype):
+    if matmul_dtype not in MATMUL_DTYPES:
+        raise ValueError(f"matmul_dtype={matmul_dtype!r} is not one of {sorted(MATMUL_DTYPES)} "
+                         "(set config.model.matmul_dtype, or --precision).")
+
+
+def einsum(spec, a, b, matmul_dtype):
+    """jnp.einsum of two operands under the policy. `spec` is explicit ('ab,bc->ac'), each index
+    at most once per operand, and every index of an operand is in the other one or the output."""
+    if matmul_dtype == "float32":
+        return jnp.einsum(spec, a, b)
+    return _low_einsum(spec, MATMUL_DTYPES[matmul_dtype], a, b)
+
+
+def dense(x, kernel, bias, matmul_dtype):
+    """x (..., C) @ kernel (C, F) + bias (F,): in float32 the very operations of flax's nn.Dense."""
+    if matmul_dtype == "float32":
+        y = lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
+    else:
+        y = _low_einsum("nc,cf->nf", MATMUL_DTYPES[matmul_dtype],
+                        x.reshape(-1, x.shape[-1]), kernel)
+        y = y.reshape(x.shape[:-1] + (kernel.shape[1],))
+    return y + jnp.reshape(bias, (1,) * (y.ndim - 1) + (-1,))
+
+
+def _mixed(spec, dtype, a, b):
+    return jnp.einsum(spec, a.astype(dtype), b.astype(dtype), preferred_element_type=jnp.float32)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _low_einsum(spec, dtype, a, b):
+    return _mixed(spec, dtype, a, b)
+
+
+def _low_fwd(spec, dtype, a, b):
+    a_low, b_low = a.astype(dtype), b.astype(dtype)
+    # The zero-size arrays carry the operands' dtypes, which their gradients must have.
+    marks = (jnp.zeros((0,), a.dtype), jnp.zeros((0,), b.dtype))
+    return _mixed(spec, dtype, a_low, b_low), (a_low, b_low, marks)
+
+
+def _low_bwd(spec, dtype, res, g):
+    a_low, b_low, (mark_a, mark_b) = res
+    inputs, out = spec.split("->")
+    sa, sb = inputs.split(",")
+    g = g.astype(dtype)
+    da = _mixed(f"{out},{sb}->{sa}", dtype, g, b_low)
+    db = _mixed(f"{sa},{out}->{sb}", dtype, a_low, g)
+    return da.astype(mark_a.dtype), db.astype(mark_b.dtype)
+
+
+_low_einsum.defvjp(_low_fwd, _low_bwd)
+
+
+def cast_kernels(params, matmul_dtype):
+    """Every Dense/patch/attention kernel (the 'kernel' leaves) in `matmul_dtype`, the rest as is:
+    the values the matmuls round them to anyway, done once instead of in every call."""
+    if matmul_dtype == "float32":
+        return params
+    dtype = MATMUL_DTYPES[matmul_dtype]
+    return jax.tree_util.tree_map_with_path(
+        lambda path, x: x.astype(dtype) if getattr(path[-1], "key", None) == "kernel" else x,
+        params)
