@@ -31,5 +31,4 @@ if __name__ == "__main__":
     pipeline.Dataset.train_iterator = lambda self, *a, **k: slowed(
         train_iterator(self, *a, **k), fast, delay)
     import main
-    sys.argv = ["main.py"] + sys.argv[3:]
-    main.app.run(main.main)
+    sys.exit(main.cli.run(main.define_flags, main.main, ["main.py"] + sys.argv[3:]))
