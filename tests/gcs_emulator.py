@@ -1,7 +1,7 @@
 """A GCS emulator (gcp-storage-emulator) on 127.0.0.1, in memory, with one bucket, and the
 environment variables that point every GCS client the program uses at it.
 
-`python gcs_emulator.py PORT BUCKET` serves it with two fixes, where GCS itself behaves:
+`python gcs_emulator.py PORT BUCKET` serves it with three fixes, where GCS itself behaves:
 - the emulator answers a suffix range (`Range: bytes=-N`, the last N bytes, which array_record's
   reader asks for first) with the whole object, which corrupts every array_record file over 1 MiB;
 - its downloads carry no `x-goog-generation` header, which tensorstore's conditional reads (orbax's
@@ -9,7 +9,6 @@ environment variables that point every GCS client the program uses at it.
 - it serves one connection at a time, so array_record's parallel readers, which keep their
   connections open, wait on each other forever: here each connection gets a thread.
 """
-import os
 import re
 import socket
 import subprocess

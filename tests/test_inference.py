@@ -1,7 +1,6 @@
 """Masked and compacted early exit agree, never drop a sample, and compile a bounded number of times."""
 import chex
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
