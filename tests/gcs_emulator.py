@@ -10,20 +10,15 @@ environment variables that point every GCS client the program uses at it.
   connections open, wait on each other forever: here each connection gets a thread.
 """
 import re
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 
+from processes import free_port
+
 BUCKET = "lfvit-test"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def client_env(url):

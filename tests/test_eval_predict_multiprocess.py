@@ -2,8 +2,6 @@
 process x 8 devices gives: the same eval summary, the same predictions in the same order."""
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -11,10 +9,7 @@ from PIL import Image
 
 from lfvit_jax import evaluate, predict, train
 from lfvit_jax.config_args import load_config
-from test_train_multiprocess import free_port
-
-TESTS = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(TESTS)
+from processes import ROOT, finish, launch
 
 
 @pytest.fixture(scope="module")
@@ -30,24 +25,9 @@ def run(tmp_path_factory):
 
 def two_processes(args):
     """main.py in two processes of 4 devices each; returns process 0's output."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, TESTS]), JAX_PLATFORMS="cpu",
-               XLA_FLAGS="--xla_force_host_platform_device_count=4",
-               JAX_DEFAULT_MATMUL_PRECISION="highest")  # as conftest sets for this process
-    address = f"127.0.0.1:{free_port()}"
-    procs = [subprocess.Popen([sys.executable, os.path.join(ROOT, "main.py"), *args,
-                               f"--coordinator_address={address}", "--num_processes=2",
-                               f"--process_id={i}"], env=env, cwd=ROOT, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-              for i in range(2)]
-    outs = []
-    try:
-        for p in procs:
-            outs.append(p.communicate(timeout=300)[0])
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    assert all(p.returncode == 0 for p in procs), "\n".join(outs)
+    codes, outs = finish(launch([os.path.join(ROOT, "main.py"), *args],
+                                JAX_DEFAULT_MATMUL_PRECISION="highest"))  # as conftest sets here
+    assert codes == [0, 0], "\n".join(outs)
     return outs[0]
 
 

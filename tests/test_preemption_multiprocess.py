@@ -2,44 +2,20 @@
 step and exit 0; the rerun resumes there and ends bit-identical to an uninterrupted run."""
 import os
 import signal
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
 from lfvit_jax.data import cluttered_mnist_config, pipeline
-from test_train_multiprocess import free_port
-
-TESTS = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(TESTS)
+from processes import ROOT, TESTS, finish, launch
 
 
-def launch(workdir, data_dir, script):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, TESTS]), JAX_PLATFORMS="cpu",
-               XLA_FLAGS="--xla_force_host_platform_device_count=4")
-    address = f"127.0.0.1:{free_port()}"
-    return [subprocess.Popen([sys.executable, *script,
-                              "--config", os.path.join(ROOT, "configs/demo.py:runlocal"),
-                              f"--config.data.data_dir={data_dir}", "--workdir", str(workdir),
-                              "--config.eval_batch_size=200",
-                              f"--coordinator_address={address}", "--num_processes=2",
-                              f"--process_id={i}"], env=env, cwd=ROOT, text=True,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-            for i in range(2)]
-
-
-def finish(procs):
-    outs = []
-    try:
-        for p in procs:
-            outs.append(p.communicate(timeout=300)[0])
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    return [p.returncode for p in procs], outs
+def run(workdir, data_dir, script):
+    """`script` (main.py's flags) in two processes of 4 devices on the runlocal demo."""
+    return launch([*script, "--config", os.path.join(ROOT, "configs/demo.py:runlocal"),
+                   f"--config.data.data_dir={data_dir}", "--workdir", str(workdir),
+                   "--config.eval_batch_size=200"])
 
 
 def state(workdir, step):
@@ -56,12 +32,12 @@ def test_sigterm_to_one_process_stops_both_at_one_step(tmp_path):
     data.data_dir = str(tmp_path / "data")
     pipeline.prepared_builder(data)  # built once, before two processes read it
     main = [os.path.join(ROOT, "main.py")]
-    codes, outs = finish(launch(tmp_path / "straight", data.data_dir, main))
+    codes, outs = finish(run(tmp_path / "straight", data.data_dir, main))
     assert codes == [0, 0], "\n".join(outs)
 
     # Batches after the third come one per second: SIGTERM to process 1 once step 2 is logged.
     killed = tmp_path / "killed"
-    procs = launch(killed, data.data_dir, [os.path.join(TESTS, "slow_main.py"), "3", "1.0"])
+    procs = run(killed, data.data_dir, [os.path.join(TESTS, "slow_main.py"), "3", "1.0"])
     lines = []
     for line in procs[0].stdout:
         lines.append(line)
@@ -78,7 +54,7 @@ def test_sigterm_to_one_process_stops_both_at_one_step(tmp_path):
     assert sorted(int(p.name) for p in (killed / "checkpoints").iterdir()
                   if p.name.isdigit()) == sorted({4, step} if step > 4 else {step})
 
-    codes, outs = finish(launch(killed, data.data_dir, main))
+    codes, outs = finish(run(killed, data.data_dir, main))
     assert codes == [0, 0], "\n".join(outs)
     assert f"start at step {step}/8" in outs[0], outs[0]
     a, b = state(tmp_path / "straight", 8), state(killed, 8)

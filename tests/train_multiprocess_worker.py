@@ -1,4 +1,5 @@
-"""One process of the multi-process loss test: `python train_multiprocess_worker.py ADDR N ID`.
+"""One process of the multi-process loss test: `python train_multiprocess_worker.py
+--coordinator_address=HOST:PORT --num_processes=N --process_id=I` (main.py's flags).
 
 Runs three train steps of the tiny LF-ViT on this process's share of each global batch and
 prints the losses as JSON (process 0).
@@ -27,8 +28,10 @@ def losses(config):
 
 
 if __name__ == "__main__":
-    address, num, pid = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    jax.distributed.initialize(coordinator_address=address, num_processes=num, process_id=pid)
+    args = dict(arg[2:].split("=", 1) for arg in sys.argv[1:])
+    jax.distributed.initialize(coordinator_address=args["coordinator_address"],
+                               num_processes=int(args["num_processes"]),
+                               process_id=int(args["process_id"]))
     result = losses(train_fakes.tiny_config())
     if jax.process_index() == 0:
         print("LOSSES", json.dumps({"losses": result, "devices": jax.device_count(),
