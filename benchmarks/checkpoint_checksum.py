@@ -3,7 +3,7 @@
 Saves a freshly initialised training state of a config (DeiT-S by default: parameters and AdamW
 moments) with orbax as the training loop does, timed to the end of the save (the async write
 waited for) and to the return of the call (what the training loop waits for), once as orbax alone
-and once through `checkpoint.save` (checksums computed while orbax writes, and saved with it);
+and once through `checkpoint.save` (checksums computed, then saved with the state);
 restores it once as orbax alone and once through `checkpoint.restore` (checksums recomputed and
 compared). The variants alternate in every round, in one process, on the same file system;
 medians are reported.

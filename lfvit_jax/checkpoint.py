@@ -5,12 +5,11 @@ Layout of a workdir: `checkpoints/<step>/{state,data,checksums}` (async, atomic,
 parameters} of the best focus-stage top-1 so far (picked on the evaluation split). The data item
 is grain's per-process iterator state, so a resumed run continues the exact example stream.
 
-`checksums` holds two sums of every saved array's contents (`lfvit_jax.integrity`), computed on
-the devices at save (while orbax writes) and compared after every restore: a step that fails to restore or to match
+`checksums` holds two sums of every saved array's contents (`lfvit_jax.integrity`, one read of
+the data), computed where the arrays live at save and compared after every restore: a step that fails to restore or to match
 is corrupt. `newest_intact` then warns and goes back to the step before; a step whose arrays have
 other shapes than the model's is an error of the config instead, and never skipped.
 """
-import concurrent.futures
 import logging
 import os
 import signal
@@ -48,9 +47,7 @@ def manager(directory, keep=None, best=False, read_only=False):
         policy = preservation_policy.LatestN(n=keep)
     options = ocp.CheckpointManagerOptions(enable_async_checkpointing=True, read_only=read_only,
                                            create=not read_only, preservation_policy=policy)
-    handlers = {"state": ocp.StandardCheckpointHandler(), "data": grain.checkpoint.CheckpointHandler(),
-                CHECKSUMS: integrity.ChecksumsHandler()}
-    return ocp.CheckpointManager(as_path(directory), options=options, item_handlers=handlers)
+    return ocp.CheckpointManager(as_path(directory), options=options)
 
 
 def reader(directory):
@@ -59,7 +56,7 @@ def reader(directory):
     options = ocp.CheckpointManagerOptions(read_only=True, create=False)
     return ocp.CheckpointManager(as_path(directory), options=options,
                                  item_handlers={"state": ocp.PyTreeCheckpointHandler(),
-                                                CHECKSUMS: integrity.ChecksumsHandler()})
+                                                CHECKSUMS: ocp.JsonCheckpointHandler()})
 
 
 def steps(directory):
@@ -76,20 +73,11 @@ def abstract_with_shardings(abstract_state, shardings):
 
 
 def save(mngr, step, state, data_iter=None, metrics=None, force=False):
-    """Saves a step; its checksums are computed while orbax writes the arrays in the background,
-    and before returning, so that the caller's next (donating) step cannot free them."""
-    sums = concurrent.futures.Future()
-    items = {"state": ocp.args.StandardSave(state), CHECKSUMS: integrity.ChecksumsSave(sums)}
+    items = {"state": ocp.args.StandardSave(state),
+             CHECKSUMS: ocp.args.JsonSave(integrity.checksums(state))}
     if data_iter is not None:
         items["data"] = grain.checkpoint.CheckpointSave(data_iter)
-    saved = mngr.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=force)
-    if saved:
-        try:
-            sums.set_result(integrity.checksums(state))
-        except BaseException as e:  # the background commit waits on it: never leave it waiting
-            sums.set_exception(e)
-            raise
-    return saved
+    return mngr.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=force)
 
 
 def _brief(error):
@@ -119,7 +107,7 @@ def _restore_verified(mngr, step, items, directory):
     """Restores `items` of `step` and checks the restored 'state' against the saved checksums."""
     verify = _has_checksums(directory, step)
     if verify:
-        items = {**items, CHECKSUMS: integrity.ChecksumsRestore()}
+        items = {**items, CHECKSUMS: ocp.args.JsonRestore()}
     try:
         restored = mngr.restore(step, args=ocp.args.Composite(**items))
         if verify and not isinstance(restored[CHECKSUMS], dict):
