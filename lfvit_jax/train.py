@@ -1,9 +1,6 @@
-"""The training loop: jit over a 1-D device mesh, orbax checkpoints, exact resume.
-
-`train_and_evaluate(config, workdir)` trains LF-ViT (or the DeiT baseline) with the objective and
-schedule of the algorithm doc (section 10) and returns the final evaluation summary. The loop
-holds a task (`lfvit_jax.tasks`) and a dataset (`lfvit_jax.data.Dataset`: sizes and iterators;
-tests pass a synthetic one), and knows neither the model kind nor where the data lives.
+"""The training loop (algorithm doc, section 10): jit over a 1-D device mesh, orbax checkpoints,
+exact resume. It holds a task (`lfvit_jax.tasks`) and a dataset (sizes and iterators; tests pass a
+synthetic one), and knows neither the model kind nor where the data lives.
 """
 import functools
 import json
@@ -51,14 +48,12 @@ class Schedule:
     """
 
     def __init__(self, config, train_examples):
-        self.steps_per_epoch = train_examples / config.batch_size
-        if self.steps_per_epoch < 1:
+        if config.batch_size > train_examples:
             raise ValueError(f"config.batch_size={config.batch_size} exceeds the "
                              f"{train_examples} training examples.")
-        self.steps_per_epoch = int(self.steps_per_epoch)
-        per_epoch = self.steps_per_epoch
-        if config.total_steps:
-            per_epoch = config.total_steps / config.total_epochs
+        self.steps_per_epoch = train_examples // config.batch_size
+        per_epoch = (config.total_steps / config.total_epochs if config.total_steps
+                     else self.steps_per_epoch)
         to_steps = lambda epochs: int(round(epochs * per_epoch))
         self.total = max(to_steps(config.total_epochs), 1)
         self.warmup = to_steps(config.warmup_epochs)
@@ -183,25 +178,16 @@ class Setup:
         return state["ema"] if "ema" in state else state["params"]
 
 
-def _resume_source(config, mngr):
-    """The manager to restore from, in the order workdir > config.resume; None if neither."""
-    if mngr.all_steps():
-        return mngr
-    if config.resume:
-        other = checkpoint.manager(f"{config.resume}/{checkpoint.CHECKPOINTS_DIR}",
-                                   read_only=True)
-        if not other.all_steps():
-            raise ValueError(f"config.resume={config.resume} holds no checkpoint under "
-                             f"{config.resume}/checkpoints.")
-        return other
-    return None
-
-
 def initial_state(setup, mngr, data_iter):
     """The resume order: workdir checkpoint > config.resume > config.init_from > scratch. A
     checkpoint's newest intact step is used; damaged newer steps of the workdir are set aside."""
     config = setup.config
-    src = _resume_source(config, mngr)
+    src = mngr if mngr.all_steps() else None
+    if src is None and config.resume:
+        src = checkpoint.manager(f"{config.resume}/{checkpoint.CHECKPOINTS_DIR}", read_only=True)
+        if not src.all_steps():
+            raise ValueError(f"config.resume={config.resume} holds no checkpoint under "
+                             f"{config.resume}/checkpoints.")
     if src is not None:
         target = checkpoint.abstract_with_shardings(setup.abstract_state, setup.shardings)
         directory = os.fspath(src.directory)
