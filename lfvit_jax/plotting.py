@@ -1,11 +1,7 @@
-"""Figures of what LF-ViT looks at and what it costs (matplotlib, no pyplot state).
+"""Figures of what LF-ViT looks at (the paper's Figure 6) and what it costs (Figures 4 and 7).
 
-Every function draws on an Axes it is given, or builds a `matplotlib.figure.Figure` itself, so
-nothing depends on the backend or leaks open figures; save with `fig.savefig(path)`.
-
-  draw_region_and_tokens: the image, the NGCA region and the refined fine patches (Figure 6)
-  budget_curve:           top-1 against GFLOPs per image as the exit threshold moves (Figure 4)
-  stage_counts:           images decided by each stage, right and wrong, per threshold (Figure 7)
+Every function draws on an Axes it is given or builds a `matplotlib.figure.Figure` itself (no
+pyplot state), so nothing depends on the backend or leaks open figures.
 """
 import numpy as np
 from matplotlib.figure import Figure
@@ -28,31 +24,20 @@ def to_display(image, mean, std):
     return np.clip(x, 0.0, 1.0)
 
 
-def kept_mask(kept_fine_patches, grid):
-    """(grid, grid) bool: True where the fine patch was refined."""
-    mask = np.zeros(grid * grid, bool)
-    mask[np.asarray(kept_fine_patches)] = True
-    return mask.reshape(grid, grid)
-
-
 def draw_region_and_tokens(ax, image, region_box, kept_fine_patches, patch, title=None,
                            veil=0.5):
-    """Draws `image` (H, W, 3 in [0, 1]) in pixel coordinates, washes out every fine patch that
-    was not refined (white at opacity `veil`: visible on dark canvases and photos alike), and
-    outlines the region box (ymin, xmin, ymax, xmax, max exclusive).
-
-    Returns {'region': Rectangle, 'mask': (grid, grid) bool of refined patches}.
-    """
+    """Draws `image` (H, W, 3 in [0, 1]), washes out every fine patch that was not refined (white
+    at opacity `veil`: visible on dark canvases and photos alike) and outlines the region box.
+    Returns {'region': Rectangle, 'mask': (grid, grid) bool of refined patches}."""
     h, w = image.shape[:2]
     ax.imshow(image, extent=(0, w, h, 0), interpolation="nearest")
-    mask = kept_mask(kept_fine_patches, h // patch)
+    mask = np.zeros((h // patch) ** 2, bool)
+    mask[np.asarray(kept_fine_patches)] = True
+    mask = mask.reshape(h // patch, h // patch)
     wash = np.ones(mask.shape + (4,), np.float32)
     wash[..., 3] = np.where(mask, 0.0, veil)  # transparent over the refined patches
     ax.imshow(wash, extent=(0, w, h, 0), interpolation="nearest")
-    ymin, xmin, ymax, xmax = (float(v) for v in region_box)
-    rect = Rectangle((xmin, ymin), xmax - xmin, ymax - ymin, fill=False, edgecolor="#f4a261",
-                     linewidth=2)
-    ax.add_patch(rect)
+    rect = draw_box(ax, region_box, "#f4a261", "-", linewidth=2)
     ax.set_xlim(0, w)
     ax.set_ylim(h, 0)
     ax.set_xticks([])
@@ -62,13 +47,11 @@ def draw_region_and_tokens(ax, image, region_box, kept_fine_patches, patch, titl
     return {"region": rect, "mask": mask}
 
 
-def draw_box(ax, box, colour="#06d6a0", linestyle="--"):
+def draw_box(ax, box, colour="#06d6a0", linestyle="--", linewidth=1.2):
     """Outlines a (ymin, xmin, ymax, xmax) pixel box, e.g. the digit's ground truth."""
     ymin, xmin, ymax, xmax = (float(v) for v in box)
-    rect = Rectangle((xmin, ymin), xmax - xmin, ymax - ymin, fill=False, edgecolor=colour,
-                     linestyle=linestyle, linewidth=1.2)
-    ax.add_patch(rect)
-    return rect
+    return ax.add_patch(Rectangle((xmin, ymin), xmax - xmin, ymax - ymin, fill=False,
+                                  edgecolor=colour, linestyle=linestyle, linewidth=linewidth))
 
 
 def overlays_figure(images, region_boxes, kept_fine, patch, titles=None, truth_boxes=None,
@@ -114,12 +97,16 @@ def budget_curve(ax, rows, baseline=None, label="LF-ViT", annotate=6):
     return line
 
 
-def budget_curve_figure(rows, baseline=None, title="LF-ViT accuracy vs. budget"):
-    fig = new_figure(5, 3.6)
+def _titled(size, title, draw, *args):
+    fig = new_figure(*size)
     ax = fig.add_subplot()
-    budget_curve(ax, rows, baseline)
+    draw(ax, *args)
     ax.set_title(title)
     return fig
+
+
+def budget_curve_figure(rows, baseline=None, title="LF-ViT accuracy vs. budget"):
+    return _titled((5, 3.6), title, budget_curve, rows, baseline)
 
 
 def stage_counts(ax, rows):
@@ -140,11 +127,7 @@ def stage_counts(ax, rows):
 
 
 def stage_counts_figure(rows, title="Which stage decides"):
-    fig = new_figure(5.5, 3.6)
-    ax = fig.add_subplot()
-    stage_counts(ax, rows)
-    ax.set_title(title)
-    return fig
+    return _titled((5.5, 3.6), title, stage_counts, rows)
 
 
 def training_curves(records, title="Training"):
