@@ -1,11 +1,7 @@
-"""User inputs for prediction: image files, folders of them, and .npz arrays of images, turned into
-the model's evaluation view. Local paths or URLs (gs://).
-
-Every image becomes 8-bit RGB (or greyscale) before the evaluation transform: EXIF orientation
-applied, 16-bit and 32-bit samples scaled (not clipped) to 8 bits, palettes expanded, transparency
-composited over white, CMYK and other colour spaces converted. An image may have at most
-MAX_PIXELS pixels. .npz arrays must already be the evaluation view: floating point, finite, and
-normalized as in training, ((pixel / 255) - mean) / std, which bounds every value.
+"""User inputs for prediction (image files, folders of them, .npz arrays of images; local or gs://)
+turned into the model's evaluation view. Images become 8-bit 'L' or 'RGB' first: EXIF orientation
+applied, 16/32-bit samples scaled (not clipped), palettes expanded, transparency over white. .npz
+arrays must already be the evaluation view, normalized as in training: ((pixel / 255) - mean) / std.
 """
 import io
 import math
