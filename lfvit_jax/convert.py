@@ -1,11 +1,8 @@
-"""Converts an official LF-ViT / CF-ViT checkpoint or a timm DeiT state_dict to the project's format.
+"""Converts an official LF-ViT / CF-ViT checkpoint or a timm DeiT state_dict to the project's format
+(an orbax checkpoint of the parameters plus model_config.json), which `lfvit_jax.load_pretrained`
+and `config.init_from` read:
 
   python -m lfvit_jax.convert --src lfvit_deit_s_224.pth --dst converted/lfvit_s224 --allow_pickle
-  python -m lfvit_jax.convert --src deit_small_patch16_224.pth --dst converted/deit_s_init  # LF-ViT
-  python -m lfvit_jax.convert --src weights.npz --dst converted/tiny --num_heads 3
-
-The destination is an orbax checkpoint of the parameters plus model_config.json; load it with
-`lfvit_jax.load_pretrained(DST)` or `config.init_from`.
 """
 import jax
 import numpy as np
