@@ -24,21 +24,13 @@ from PIL import Image
 from lfvit_jax import storage
 from lfvit_jax.data import augment, cluttered_mnist, randaugment
 
-DATA_DIR_ENV = "LFVIT_DATA_DIR"
 _PREPARE = "python -m lfvit_jax.data.prepare"
 
 
 def data_dir(data_cfg):
     """The config's data_dir, else $LFVIT_DATA_DIR, else ~/tensorflow_datasets."""
-    path = data_cfg.data_dir or os.environ.get(DATA_DIR_ENV) or "~/tensorflow_datasets"
+    path = data_cfg.data_dir or os.environ.get("LFVIT_DATA_DIR") or "~/tensorflow_datasets"
     return os.path.expanduser(path)
-
-
-def _prepare_hint(name, directory):
-    command = ("imagenet2012 --manual_dir DIR_WITH_ILSVRC2012_TARS" if name == "imagenet2012"
-               else f"tfds {name}")
-    return (f"{_PREPARE} {command} --data_dir {directory}  (or, from an image-folder tree: "
-            f"{_PREPARE} folder ROOT --name {name} --data_dir {directory})")
 
 
 def prepared_builder(data_cfg):
@@ -64,15 +56,18 @@ def prepared_builder(data_cfg):
     except tfds.core.registered.DatasetNotFoundError:
         builder = None
     if builder is None or not builder.is_prepared():
-        raise FileNotFoundError(f"Dataset {name!r} is not prepared under {directory}. "
-                                f"Prepare it with: {_prepare_hint(name, directory)}")
+        command = ("imagenet2012 --manual_dir DIR_WITH_ILSVRC2012_TARS" if name == "imagenet2012"
+                   else f"tfds {name}")
+        raise FileNotFoundError(
+            f"Dataset {name!r} is not prepared under {directory}. Prepare it with: {_PREPARE} "
+            f"{command} --data_dir {directory}  (or, from an image-folder tree: {_PREPARE} "
+            f"folder ROOT --name {name} --data_dir {directory})")
     return builder
 
 
 def _source(data_cfg, builder, split):
     # An unknown split is a ValueError from tfds that lists the splits.
-    return builder.as_data_source(
-        split, decoders={data_cfg.image_key: tfds.decode.SkipDecoding()})
+    return builder.as_data_source(split, decoders={data_cfg.image_key: tfds.decode.SkipDecoding()})
 
 
 def _num_classes(data_cfg, builder):
@@ -149,15 +144,10 @@ def _check_label(label, num_classes, where):
 
 
 class TrainSampler:
-    """Per-epoch shuffled order, repeated forever, with DeiT's repeated augmentation.
-
-    Global position g is in epoch g // E, E = (N // P) * P. Within an epoch, the order is a
-    permutation of the records with each entry repeated `repeats` times, so position k holds
-    record perm[k // repeats]; process p gets the positions = p (mod P). With repeats = 1 the
-    process shards are disjoint and cover all but N mod P records each epoch; with repeats = 3
-    every epoch shows N / 3 distinct images three times, copies landing on different processes,
-    as DeiT's RASampler does. Each position gets its own RNG for augmentation.
-    """
+    """Per-epoch shuffled order, repeated forever, with DeiT's repeated augmentation: position g
+    is in epoch g // E, E = (N // P) * P, and holds record perm[(g mod E) // repeats]; process p
+    gets the positions = p (mod P). With repeats = 3 every epoch shows N / 3 distinct images three
+    times, copies landing on different processes, as DeiT's RASampler does."""
 
     def __init__(self, num_records, process_count, seed, repeats=1):
         if num_records < process_count:
@@ -167,7 +157,7 @@ class TrainSampler:
         self.epoch_length = num_records // process_count * process_count
         self._perm_epoch, self._perm = None, None
 
-    def __repr__(self):
+    def __repr__(self):  # grain checks a restored iterator state against repr(sampler)
         return (f"TrainSampler(num_records={self.num_records}, process_count="
                 f"{self.process_count}, seed={self.seed}, repeats={self.repeats})")
 
@@ -192,9 +182,6 @@ class EvalSampler:
     def __init__(self, num_records, padded):
         self.num_records, self.padded = num_records, padded
 
-    def __repr__(self):
-        return f"EvalSampler(num_records={self.num_records}, padded={self.padded})"
-
     def __len__(self):
         return self.padded
 
@@ -209,9 +196,6 @@ class PaddedSource:
 
     def __init__(self, source):
         self.source = source
-
-    def __repr__(self):
-        return f"PaddedSource({self.source!r})"
 
     def __len__(self):
         return len(self.source) + 1
@@ -316,24 +300,15 @@ def _loader(data_cfg, source, sampler, operations, process_index, process_count)
 
 
 class Prefetch:
-    """Runs a grain iterator `depth` batches ahead on a background thread, keeping its
-    get_state/set_state: the state is the one after the last batch handed out, so a checkpoint
-    resumes exactly where training was, not where the thread was."""
+    """Runs a grain iterator `depth` batches ahead on a thread. Its state is the one after the last
+    batch handed out, so a checkpoint resumes where training was, not where the thread was."""
 
     def __init__(self, iterator, depth):
         self._it, self._depth = iterator, depth
-        self._thread = self._queue = self._stop = None
-        self._state = None
+        self._thread = self._queue = self._stop = self._state = None
 
     def __iter__(self):
         return self
-
-    def _start(self):
-        self._state = self._it.get_state()  # read before the thread runs: never concurrently
-        self._queue, self._stop = queue.Queue(self._depth), threading.Event()
-        self._thread = threading.Thread(target=self._produce, args=(self._queue, self._stop),
-                                        daemon=True, name="lfvit-prefetch")
-        self._thread.start()
 
     def _produce(self, out, stop):
         try:
@@ -350,7 +325,11 @@ class Prefetch:
 
     def __next__(self):
         if self._thread is None:
-            self._start()
+            self._state = self._it.get_state()  # read before the thread runs: never concurrently
+            self._queue, self._stop = queue.Queue(self._depth), threading.Event()
+            self._thread = threading.Thread(target=self._produce, args=(self._queue, self._stop),
+                                            daemon=True, name="lfvit-prefetch")
+            self._thread.start()
         batch, state, error = self._queue.get()
         if error is not None:
             self._halt()
@@ -380,8 +359,7 @@ class Prefetch:
 
 
 def train_iterator(data_cfg, global_batch_size, *, seed, process_index=None, process_count=None):
-    """Endless iterator of this process's training batches: {'image' (B, S, S, 3) float32,
-    'label' (B, num_classes) float32 soft targets}. Supports get_state()/set_state()."""
+    """Endless, resumable iterator of this process's batches: images and soft-target labels."""
     process_index, process_count, local_batch = _check(data_cfg, global_batch_size,
                                                        process_index, process_count)
     if (data_cfg.mixup > 0 or data_cfg.cutmix > 0) and local_batch % 2:
@@ -408,9 +386,8 @@ def train_iterator(data_cfg, global_batch_size, *, seed, process_index=None, pro
 
 def eval_iterator(data_cfg, global_batch_size, *, split=None, process_index=None,
                   process_count=None):
-    """This process's evaluation batches: 'image', 'label' int32, '_mask' bool (False for
-    padding), and 'bbox' for datasets that store one. Every process yields the same number of
-    batches; every example appears exactly once across processes."""
+    """This process's eval batches ('image', 'label', '_mask' False for padding, 'bbox' if stored);
+    every process yields as many batches, and every example appears once across processes."""
     process_index, process_count, local_batch = _check(data_cfg, global_batch_size,
                                                        process_index, process_count)
     builder = prepared_builder(data_cfg)
@@ -439,8 +416,7 @@ def _batches(examples, batch_size, where):
 
 
 class Dataset:
-    """A config's dataset as the training loop and evaluation use it: its sizes and iterators.
-    Nothing is opened until asked for; evaluation opens only its split."""
+    """A config's dataset as training and evaluation use it: sizes and lazily opened iterators."""
 
     def __init__(self, data_cfg):
         self.cfg = data_cfg
@@ -457,8 +433,7 @@ class Dataset:
 
 
 def class_names(data_cfg):
-    """Class names known without opening the dataset (tfds's ImageNet label file, the digits of
-    cluttered MNIST), else None."""
+    """Class names known without opening the dataset (ImageNet, cluttered MNIST), else None."""
     if data_cfg.name == "imagenet2012":
         from lfvit_jax.data.convert import IMAGENET_LABELS
         return tfds.core.tfds_path(IMAGENET_LABELS).read_text().split()
