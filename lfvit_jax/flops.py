@@ -7,10 +7,12 @@ runs, which skips some of that work (`skipped_gflops`).
 """
 import collections
 import json
+import sys
 
 import jax
 import jax.numpy as jnp
 
+from lfvit_jax import cli
 from lfvit_jax.models import DeiT
 
 
@@ -69,9 +71,8 @@ def gflops_by_stage(rows):
 
 
 def cls_only_skipped(n, width, mlp_dim):
-    """Work of a last block and final norm over n tokens that a classifier does not need: every
-    query, attention row, projection, MLP and norm but the class token's (keys and values of all
-    tokens are still computed)."""
+    """Work of a last block and final norm over n tokens that a classifier does not need: all
+    but the class token's queries, attention row, projection, MLP and norm."""
     full = block_flops(n, width, mlp_dim) + 5 * n * width
     kept = (n * width * 3 * width + 2 * n * width + width * width + 2 * width * mlp_dim
             + 5 * n * width + 2 * 5 * width)
@@ -85,9 +86,8 @@ def deit_skipped(model):
 
 
 def lfvit_skipped(model, focus_mode="region"):
-    """GFLOPs of the release's convention that this implementation does not run. The classifying
-    pass (stage 2) runs its last block for the class token only; in region mode stage 2 also
-    embeds only the 4K selected patches and fuses only their K parents, with no upsampling."""
+    """GFLOPs of the convention not run here: stage 2's last block beyond the class token, and in
+    region mode the embedding and fusion of unselected patches and the upsampling."""
     c = model.width
     skipped = cls_only_skipped(focus_tokens(model, focus_mode), c, model.mlp_dim)
     if focus_mode == "region":
@@ -177,7 +177,4 @@ def main(FLAGS):
 
 
 if __name__ == "__main__":
-    import sys
-
-    from lfvit_jax import cli
     sys.exit(cli.run(define_flags, main))
