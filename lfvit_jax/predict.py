@@ -42,18 +42,14 @@ def save_overlay(path, image, record, grid, data_cfg):
     reports.save_figure(fig, path)
 
 
-def _softmax(x):
-    e = np.exp(x - x.max())
-    return e / e.sum()
-
-
 def _record(name, out, k, grid, class_names):
     """One image's line of predictions.jsonl."""
     logits = out["logits"][k]
     if not (np.isfinite(logits).all() and np.isfinite(out["loc_logits"][k]).all()):
         return {"file": name, "class": None, "error": "the model's outputs are not finite (NaN "
                 "or inf): check that the input is a normalized image and the weights are intact"}
-    probs = _softmax(logits.astype(np.float64))
+    probs = np.exp(logits.astype(np.float64) - logits.max())
+    probs /= probs.sum()
     record = {"file": name, "class": int(probs.argmax())}
     if class_names is not None:
         record["class_name"] = class_names[record["class"]]
@@ -69,11 +65,9 @@ def _record(name, out, k, grid, class_names):
 def predict(model, variables, inputs, data_cfg, out_dir, threshold, batch_size=32,
             sharding=None, progress=True, overlays_dir=None, save_logits="final",
             class_names=None):
-    """Classifies `inputs` into `out_dir` (both stages on every image with save_logits='all');
-    returns a summary dict. With several processes (the same call in each), process p reads the
-    blocks p, p + P, ... of batch_size / P files, so a global batch holds the same images as in
-    one process; all run the same number of (padded) batches, and process 0 writes the gathered
-    outputs in the inputs' order."""
+    """Classifies `inputs` into `out_dir` and returns a summary. With P processes (the same call
+    in each), process p reads the blocks p, p + P, ... of batch_size / P files, so a global batch
+    holds the same images as in one process; process 0 writes the gathered outputs in order."""
     from tqdm import tqdm
 
     if save_logits not in SAVE_LOGITS:
@@ -160,7 +154,7 @@ def predict(model, variables, inputs, data_cfg, out_dir, threshold, batch_size=3
                "img_per_sec": len(records) / seconds if seconds > 0 else 0.0,
                "threshold": threshold, "out_dir": os.fspath(out_dir)}
     if jax.process_index() == 0:
-        _write(out_dir, records, arrays, overlays_dir)
+        _write(out_dir, records, arrays)
     if overlays_dir:
         summary["overlays_dir"] = os.fspath(overlays_dir)
     if skipped:
@@ -168,7 +162,7 @@ def predict(model, variables, inputs, data_cfg, out_dir, threshold, batch_size=3
     return summary
 
 
-def _write(out_dir, records, arrays, overlays_dir):
+def _write(out_dir, records, arrays):
     out_dir = epath.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "predictions.jsonl").write_text(

@@ -1,5 +1,4 @@
 """One-line loading of LF-ViT / CF-ViT / timm DeiT weights, and the project's own checkpoint format.
-
 PyTorch names map to Flax paths by rule (`blocks.3.attn.qkv.weight` -> `blocks_3/attn/qkv/kernel`):
 Linear weights are transposed, conv weights go OIHW -> HWIO, LayerNorm `weight` becomes `scale`.
 """
@@ -43,8 +42,7 @@ def to_flax(torch_name, array):
 
 
 def read_state_dict(path, allow_pickle=False):
-    """A PyTorch-named state_dict as float32 numpy arrays from .pth/.pt/.bin or .npz (local or
-    a URL); every array must be floating point and finite."""
+    """A float32 numpy state_dict (finite floats only) from .pth/.pt/.bin or .npz, local or URL."""
     path = os.fspath(path)
     if not storage.path(path).exists():
         raise ValueError(f"{path} does not exist.")
@@ -70,11 +68,9 @@ def read_state_dict(path, allow_pickle=False):
             raise ValueError(f"{path} holds Python objects besides tensors (e.g. training args). "
                              "If you trust the file, pass allow_pickle=True "
                              "(CLI: --allow_pickle).") from e
-        if isinstance(obj, dict):
-            for key in ("model", "state_dict", "model_ema"):
-                if isinstance(obj.get(key), dict):
-                    obj = obj[key]
-                    break
+        if isinstance(obj, dict):  # a training checkpoint: its first state_dict-like entry
+            obj = next((obj[key] for key in ("model", "state_dict", "model_ema")
+                        if isinstance(obj.get(key), dict)), obj)
         sd = {k: v.detach().cpu().float().numpy() for k, v in obj.items() if hasattr(v, "detach")}
     else:
         raise ValueError(f"Unrecognised checkpoint {path!r}: expected a .pth/.pt state_dict, an .npz "
@@ -148,7 +144,7 @@ def deit_into_lfvit(sd, h1):
 
 def assign(sd, abstract_params, fresh_params=None, allow_missing=()):
     """Fills a Flax parameter tree from a state_dict strictly (a ValueError lists missing,
-    unexpected and mis-shaped keys); missing paths under `allow_missing` come from `fresh_params`."""
+    unexpected and mis-shaped keys); missing paths under `allow_missing` take `fresh_params`."""
     flat_target = traverse_util.flatten_dict(abstract_params, sep="/")
     flat_fresh = traverse_util.flatten_dict(fresh_params or {}, sep="/")
     out, unexpected, mismatched = {}, [], []

@@ -131,8 +131,7 @@ class LFViTTask(Task):
         return flops.lfvit_report(self.model, focus_mode)
 
     def summarize(self, arrays, thresholds):
-        """Top-1 of both stages, the threshold sweep of `lfvit_jax.sweep` under "exit", and where
-        the dataset has object boxes, how often the region holds the object."""
+        """Both stages' top-1, the threshold sweep ("exit") and, given boxes, region hits."""
         mask, labels = arrays["_mask"].astype(bool), arrays["label"]
         g = self.flops()
         out = {"examples": int(mask.sum()),
@@ -158,8 +157,7 @@ class LFViTTask(Task):
         return head + "\n" + sweep.format_table(summary["exit"])
 
     def figures(self, arrays, summary, images, data_cfg, baseline=None):
-        """The budget curve (with a baseline run's point when given), the stage counts, and the
-        regions over `images` (the first rows of `arrays`) when there are any."""
+        """The budget curve, the stage counts and, given images, the regions over them."""
         out = {"budget_curve.png": plotting.budget_curve_figure(summary["exit"], baseline),
                "stage_counts.png": plotting.stage_counts_figure(summary["exit"])}
         if images is not None and len(images):

@@ -41,11 +41,8 @@ def check_config(config):
 
 
 class Schedule:
-    """Epoch-based settings turned into step counts for this dataset and batch size.
-
-    With `config.total_steps` set, the run has that many steps and every epoch-based setting keeps
-    its fraction of `total_epochs` (so selection starts at 231/300 of any run by default).
-    """
+    """Epoch-based settings as step counts; with `config.total_steps`, every one keeps its fraction
+    of `total_epochs` (so selection starts at 231/300 of any run by default)."""
 
     def __init__(self, config, train_examples):
         if config.batch_size > train_examples:
@@ -62,10 +59,8 @@ class Schedule:
 
 
 def make_train_step(task, tx, lr_fn, config, mesh, state_shardings, phase):
-    """A jitted, state-donating update on one global batch (split into `grad_accum` parts).
-
-    The step's matmuls take `config.compute_dtype` operands (the model's precision policy);
-    parameters, gradients and optimizer state stay float32."""
+    """A jitted, state-donating update on one global batch (split into `grad_accum` parts); its
+    matmuls take `config.compute_dtype` operands, parameters and optimizer state stay float32."""
     accum = config.grad_accum
     task = tasks.for_model(task.model.clone(matmul_dtype=config.compute_dtype))
     base_key = jax.random.key(config.seed)
@@ -118,8 +113,7 @@ class Setup:
         check_config(config)
         self.config = config
         model_cfg = config.model
-        for key, value in (("num_classes", info["num_classes"]),
-                           ("img_size", info["image_size"])):
+        for key, value in (("num_classes", info["num_classes"]), ("img_size", info["image_size"])):
             if model_cfg[key] != value:
                 raise ValueError(f"config.model.{key}={model_cfg[key]} but the dataset has "
                                  f"{key}={value}; make them agree.")
@@ -235,8 +229,7 @@ def _check_finite(step, values, last_good):
 
 
 def train_and_evaluate(config, workdir, dataset=None):
-    """Trains to the end of the schedule (or until SIGTERM) and returns the final eval summary.
-    `dataset` defaults to config.data's (`lfvit_jax.data.Dataset`)."""
+    """Trains to the end of the schedule (or until SIGTERM); returns the final eval summary."""
     if dataset is None:
         from lfvit_jax.data import Dataset
         dataset = Dataset(config.data)
@@ -301,12 +294,10 @@ def train_and_evaluate(config, workdir, dataset=None):
         _print0(json.dumps({"step": step, **summary}))
         return summary
     finally:
-        mngr.wait_until_finished()
-        best.wait_until_finished()
-        mngr.close()
-        best.close()
-        writer.close()
-        preempt.close()
+        for manager in (mngr, best):
+            manager.wait_until_finished()
+        for resource in (mngr, best, writer, preempt):
+            resource.close()
 
 
 def _print0(msg):
