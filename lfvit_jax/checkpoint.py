@@ -6,10 +6,11 @@ parameters} of the best focus-stage top-1 so far (picked on the evaluation split
 is grain's per-process iterator state, so a resumed run continues the exact example stream.
 
 `checksums` holds two sums of every saved array's contents (`lfvit_jax.integrity`), computed on
-the devices at save and compared after every restore: a step that fails to restore or to match
+the devices at save (while orbax writes) and compared after every restore: a step that fails to restore or to match
 is corrupt. `newest_intact` then warns and goes back to the step before; a step whose arrays have
 other shapes than the model's is an error of the config instead, and never skipped.
 """
+import concurrent.futures
 import logging
 import os
 import signal
@@ -47,7 +48,9 @@ def manager(directory, keep=None, best=False, read_only=False):
         policy = preservation_policy.LatestN(n=keep)
     options = ocp.CheckpointManagerOptions(enable_async_checkpointing=True, read_only=read_only,
                                            create=not read_only, preservation_policy=policy)
-    return ocp.CheckpointManager(as_path(directory), options=options)
+    handlers = {"state": ocp.StandardCheckpointHandler(), "data": grain.checkpoint.CheckpointHandler(),
+                CHECKSUMS: integrity.ChecksumsHandler()}
+    return ocp.CheckpointManager(as_path(directory), options=options, item_handlers=handlers)
 
 
 def reader(directory):
@@ -56,7 +59,7 @@ def reader(directory):
     options = ocp.CheckpointManagerOptions(read_only=True, create=False)
     return ocp.CheckpointManager(as_path(directory), options=options,
                                  item_handlers={"state": ocp.PyTreeCheckpointHandler(),
-                                                CHECKSUMS: ocp.JsonCheckpointHandler()})
+                                                CHECKSUMS: integrity.ChecksumsHandler()})
 
 
 def steps(directory):
@@ -73,11 +76,20 @@ def abstract_with_shardings(abstract_state, shardings):
 
 
 def save(mngr, step, state, data_iter=None, metrics=None, force=False):
-    items = {"state": ocp.args.StandardSave(state),
-             CHECKSUMS: ocp.args.JsonSave(integrity.checksums(state))}
+    """Saves a step; its checksums are computed while orbax writes the arrays in the background,
+    and before returning, so that the caller's next (donating) step cannot free them."""
+    sums = concurrent.futures.Future()
+    items = {"state": ocp.args.StandardSave(state), CHECKSUMS: integrity.ChecksumsSave(sums)}
     if data_iter is not None:
         items["data"] = grain.checkpoint.CheckpointSave(data_iter)
-    return mngr.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=force)
+    saved = mngr.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=force)
+    if saved:
+        try:
+            sums.set_result(integrity.checksums(state))
+        except BaseException as e:  # the background commit waits on it: never leave it waiting
+            sums.set_exception(e)
+            raise
+    return saved
 
 
 def _brief(error):
@@ -107,7 +119,7 @@ def _restore_verified(mngr, step, items, directory):
     """Restores `items` of `step` and checks the restored 'state' against the saved checksums."""
     verify = _has_checksums(directory, step)
     if verify:
-        items = {**items, CHECKSUMS: ocp.args.JsonRestore()}
+        items = {**items, CHECKSUMS: integrity.ChecksumsRestore()}
     try:
         restored = mngr.restore(step, args=ocp.args.Composite(**items))
         if verify and not isinstance(restored[CHECKSUMS], dict):
