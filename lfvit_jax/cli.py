@@ -122,9 +122,8 @@ def _quiet(verbose):
 
 
 def _unraisable_dropped(unraisable):
-    """Exceptions Python cannot raise (in finalizers and abandoned coroutines): after a failed
-    restore orbax's readers leave thousands ('Event loop is closed', GeneratorExit). The error
-    that matters has been raised already; --verbosity=1 shows these too."""
+    """Exceptions Python cannot raise (finalizers, abandoned coroutines): a failed orbax restore
+    leaves thousands after the error that matters was raised; --verbosity=1 shows them."""
     del unraisable
 
 

@@ -20,9 +20,8 @@ if os.environ.get("STORAGE_EMULATOR_HOST"):
 
 
 def list_without_cache():
-    """gcsfs keeps every folder listing it fetched, forever by default: a file another process
-    wrote since (a checkpoint, an eval folder, another host's output) stays invisible to
-    exists(), iterdir() and open(). Every listing is fetched anew instead."""
+    """gcsfs keeps every folder listing forever by default, hiding files other processes wrote
+    since (checkpoints, eval folders, other hosts' output): every listing is fetched anew."""
     import fsspec.config
     for protocol in ("gs", "gcs"):
         fsspec.config.conf.setdefault(protocol, {})["use_listings_cache"] = False

@@ -62,12 +62,6 @@ def compose(digit, clutter_pool, rng, canvas_size=CANVAS):
     return canvas, ink_box(digit) + np.array([y, x, y, x], np.float32)
 
 
-def png_bytes(array):
-    out = io.BytesIO()
-    Image.fromarray(array).save(out, format="PNG")
-    return out.getvalue()
-
-
 CLASS_NAMES = [str(digit) for digit in range(10)]
 
 
@@ -97,4 +91,6 @@ class ClutteredMnist(tfds.core.GeneratorBasedBuilder):
                 image, bbox = compose(digit, digits, np.random.default_rng([TEST_SEED, i]))
             else:
                 image, bbox = digit, ink_box(digit)
-            yield i, {"image": png_bytes(image), "label": int(label), "bbox": bbox}
+            png = io.BytesIO()
+            Image.fromarray(image).save(png, format="PNG")
+            yield i, {"image": png.getvalue(), "label": int(label), "bbox": bbox}
