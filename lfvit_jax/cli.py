@@ -1,11 +1,6 @@
-"""Running a command-line entry point: flags parsed into a fresh FlagValues (so tests and
-notebooks can run a command in-process, several times), and every failure turned into a short
-message naming the problem, with exit status 2 when the command line is wrong and 1 when the run
-failed. Tracebacks and library logs (orbax, asyncio, warnings) appear only with --verbosity 1 or
-more.
-
-  if __name__ == "__main__":
-      sys.exit(cli.run(define_flags, main))   # define_flags(fv, argv); main(fv)
+"""Running a command-line entry point: flags parsed into a fresh FlagValues (so a command can run
+in-process several times), every failure one short message (exit status 2 for a wrong command
+line, 1 for a failed run); tracebacks and library logs only with --verbosity 1 or more.
 """
 import contextlib
 import gc
@@ -18,16 +13,12 @@ import warnings
 from absl import app, flags
 from absl import logging as absl_logging
 
-MAX_LINES = 12
-
-
 class UsageError(ValueError):
     """A wrong command line, flag value or config argument (exit status 2)."""
 
 
 def run(define, main, argv=None):
-    """Defines the flags (`define(fv, argv)`), parses `argv`, calls `main(fv)` and returns the
-    exit status."""
+    """Defines the flags (`define(fv, argv)`), parses `argv`, runs `main(fv)`; the exit status."""
     argv = list(sys.argv if argv is None else argv)
     fv = flags.FlagValues()
     flags.DEFINE_integer("verbosity", 0, "1 or more: library logs, and a traceback with any "
@@ -50,8 +41,7 @@ def run(define, main, argv=None):
 
 
 def guarded(fn, argv=None):
-    """Calls `fn()` with library noise silenced (unless argv asks for --verbosity 1 or more) and
-    returns the exit status: 0, 2 for a usage error, 1 for any other failure (one message)."""
+    """Runs `fn()` quietly (unless argv has --verbosity >= 1): exit status 0, 2 (usage) or 1."""
     argv = list(sys.argv if argv is None else argv)
     verbose = _verbosity(argv) >= 1
     with _quiet(verbose):
@@ -69,8 +59,7 @@ def guarded(fn, argv=None):
         except Exception as e:  # noqa: BLE001  (the point: one clear message, not a traceback)
             if verbose:
                 traceback.print_exc()
-            usage = any(isinstance(x, (UsageError, app.UsageError, flags.Error))
-                        for x in _chain(e))
+            usage = any(isinstance(x, (UsageError, app.UsageError, flags.Error)) for x in _chain(e))
             print(f"Error: {shorten(str(e) or type(e).__name__)}", file=sys.stderr)
             if usage:
                 print(f"(see {argv[0]} --help for the flags)", file=sys.stderr)
@@ -79,7 +68,7 @@ def guarded(fn, argv=None):
             return 2 if usage else 1
 
 
-def shorten(message, max_lines=MAX_LINES, max_chars=2000):
+def shorten(message, max_lines=12, max_chars=2000):
     lines = message.strip().splitlines()
     short = "\n".join(lines[:max_lines])[:max_chars]
     if len(short) < len("\n".join(lines)):
@@ -95,8 +84,7 @@ def _chain(e):
 
 def _verbosity(argv):
     for i, arg in enumerate(argv):
-        m = re.fullmatch(r"--?(?:verbosity|v)(?:=(-?\d+))?", arg)
-        if m:
+        if m := re.fullmatch(r"--?(?:verbosity|v)(?:=(-?\d+))?", arg):
             value = m.group(1) or (argv[i + 1] if i + 1 < len(argv) else "0")
             try:
                 return int(value)
@@ -107,23 +95,19 @@ def _verbosity(argv):
 
 @contextlib.contextmanager
 def _quiet(verbose):
-    """INFO logs when verbose; otherwise only errors from libraries (orbax logs through absl)
-    and none of asyncio's or Python's warnings. Our own warnings (lfvit_jax.*) always show."""
-    hook = sys.unraisablehook
-    if not verbose:
-        sys.unraisablehook = _unraisable_dropped
-    before = absl_logging.get_verbosity()
+    """INFO logs when verbose; else only library errors and no warnings (ours always show)."""
+    hook, before = sys.unraisablehook, absl_logging.get_verbosity()
     aio = logging.getLogger("asyncio")
     aio_level = aio.level
     absl_logging.set_verbosity(absl_logging.INFO if verbose else absl_logging.ERROR)
-    if not verbose:
-        aio.setLevel(logging.CRITICAL)
     ours, handler = logging.getLogger("lfvit_jax"), _Stderr()
     ours.setLevel(logging.INFO if verbose else logging.WARNING)
     ours.addHandler(handler)
     ours.propagate = False
     with warnings.catch_warnings():
         if not verbose:
+            sys.unraisablehook = _unraisable_dropped
+            aio.setLevel(logging.CRITICAL)
             warnings.simplefilter("ignore")
         try:
             yield
@@ -138,9 +122,8 @@ def _quiet(verbose):
 
 
 def _unraisable_dropped(unraisable):
-    """Exceptions Python cannot raise (in finalizers and abandoned coroutines): after a failed
-    restore orbax's readers leave thousands ('Event loop is closed', GeneratorExit). The error
-    that matters has been raised already; --verbosity=1 shows these too."""
+    """Exceptions Python cannot raise (finalizers, abandoned coroutines): a failed orbax restore
+    leaves thousands after the error that matters was raised; --verbosity=1 shows them."""
     del unraisable
 
 
@@ -211,6 +194,8 @@ def _keys_at(config, path):
 def describe_flag_error(error, fv, argv):
     """One readable line for a failure while parsing the command line."""
     inner = list(_chain(error))[-1]
+    named = re.match(r"flag --([\w.]+)=", str(error))
+    flag = getattr(error, "flagname", None) or (named.group(1) if named else None)
     for name in _config_flags(fv):
         overrides = [a.split("=", 1)[0].lstrip("-")[len(name) + 1:] for a in argv
                      if re.match(rf"--?{re.escape(name)}\.", a)]
@@ -221,7 +206,6 @@ def describe_flag_error(error, fv, argv):
                 key, where, accepted = missing
                 return (f"Unknown config key --{name}.{key}: {where} has the keys {accepted}. "
                         "Fix the spelling.")
-        flag = getattr(error, "flagname", None) or _flag_in_message(error)
         if overrides and _spec(name, argv) is None:
             return (f"--{name}.{overrides[0]} changes a config file's value, so it needs "
                     f"--{name} (the run's own: --{name}=WORKDIR/config.json is not a config "
@@ -233,8 +217,3 @@ def describe_flag_error(error, fv, argv):
     if isinstance(error, flags.UnrecognizedFlagError):
         return f"{error}. Check the spelling; --help lists the flags."
     return shorten(str(error), 3)
-
-
-def _flag_in_message(error):
-    m = re.match(r"flag --([\w.]+)=", str(error))
-    return m.group(1) if m else None

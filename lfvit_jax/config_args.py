@@ -7,12 +7,8 @@ BOOLEANS = {"true": True, "1": True, "false": False, "0": False}
 
 
 def parse_arg(arg, **defaults):
-    """Parses `key=value,flag` into a ConfigDict, typed after `defaults`.
-
-    A bare word is a boolean flag set to True; booleans take only true/false/1/0. Keys not in
-    `defaults`, values of the wrong type and a key given twice are errors (UsageError), so a typo
-    in a command line never passes silently.
-    """
+    """Parses `key=value,flag` into a ConfigDict, typed after `defaults` (a bare word sets a
+    boolean); unknown keys, wrong types and repeats are UsageErrors: no typo passes silently."""
     out = ml_collections.ConfigDict(dict(defaults))
     seen = set()
     for item in filter(None, (arg or "").split(",")):
@@ -54,12 +50,8 @@ def _value(key, value, default):
 
 
 def load_config(spec):
-    """`demo.py:runlocal` (or a path to any config file, with an optional `:arg`) -> its config.
-
-    A bare file name is looked up in the configs shipped with an installed package
-    (`lfvit_jax/configs/`), then in the `configs/` folder of a source checkout, so notebooks
-    and scripts need no path to the repository.
-    """
+    """`demo.py:runlocal` (or any config file path, with an optional `:arg`) -> its config; a bare
+    name is looked up in `lfvit_jax/configs/` (installed) and then the checkout's `configs/`."""
     import importlib.util
     import pathlib
 

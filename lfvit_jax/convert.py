@@ -1,16 +1,12 @@
-"""Converts an official LF-ViT / CF-ViT checkpoint or a timm DeiT state_dict to the project's format.
-
-  python -m lfvit_jax.convert --src lfvit_deit_s_224.pth --dst converted/lfvit_s224 --allow_pickle
-  python -m lfvit_jax.convert --src deit_small_patch16_224.pth --dst converted/deit_s_init  # LF-ViT
-  python -m lfvit_jax.convert --src weights.npz --dst converted/tiny --num_heads 3
-
-The destination is an orbax checkpoint of the parameters plus model_config.json; load it with
-`lfvit_jax.load_pretrained(DST)` or `config.init_from`.
+"""Converts an official LF-ViT / CF-ViT checkpoint or a timm DeiT state_dict to the project's
+format: an orbax checkpoint of the parameters plus model_config.json, read by `config.init_from`.
 """
+import sys
+
 import jax
 import numpy as np
 
-from lfvit_jax import tasks
+from lfvit_jax import cli, tasks
 from lfvit_jax.pretrained import load_pretrained, save_converted
 
 OVERRIDES = ("name", "num_heads", "region_size", "img_size")
@@ -49,7 +45,4 @@ def main(FLAGS):
 
 
 if __name__ == "__main__":
-    import sys
-
-    from lfvit_jax import cli
     sys.exit(cli.run(define_flags, main))

@@ -1,20 +1,16 @@
-"""Running a model over an evaluation split, and matching a baseline's accuracy.
-
-`run` returns host numpy arrays for every example (padding included, marked by `_mask`): the
-task's `eval_outputs` (for LF-ViT both stages' softmax, the region and the kept tokens), the
-labels and, where the dataset has them, object boxes. Summaries are the task's, computed from
-these arrays, so a threshold sweep never runs the model again.
-
-  python -m lfvit_jax.evaluate --workdir workdirs/demo --baseline workdirs/demo_baseline
+"""Running a model over an evaluation split, and matching a baseline's accuracy
+(`python -m lfvit_jax.evaluate --workdir LFVIT_RUN --baseline DEIT_RUN`). The task's summaries are
+computed from the per-example arrays, so a threshold sweep never runs the model again.
 """
 import json
+import sys
 
 import jax
 import numpy as np
 from absl import flags
 from jax.experimental import multihost_utils
 
-from lfvit_jax import loading, parallel, reports, sweep, workdir as rundir
+from lfvit_jax import cli, loading, parallel, reports, sweep, workdir as rundir
 
 
 def make_eval_step(task, param_shardings, mesh):
@@ -23,8 +19,8 @@ def make_eval_step(task, param_shardings, mesh):
 
 
 def run(eval_step, params, batches, mesh, preview=16):
-    """(arrays, images): every example's arrays over an iterable of per-process batches, and
-    this process's first `preview` images (all of them, padding included, with preview=None)."""
+    """(arrays, images): every example's host arrays (`eval_outputs`, labels, `_mask`, boxes) over
+    per-process batches, and this process's first `preview` images (None: all, with padding)."""
     sharding = parallel.batch_sharding(mesh)
     parts, kept = [], []
     for batch in batches:
@@ -42,8 +38,7 @@ def run(eval_step, params, batches, mesh, preview=16):
 
 
 def evaluate_weights(config, workdir, which="latest", dataset=None, preview=16):
-    """(loaded, arrays, summary, images): the weights `loading.load` finds, over config.data's
-    evaluation split (the only split opened); see `run` for arrays and images."""
+    """(loaded, arrays, summary, images): `run` over the eval split with the weights found."""
     if dataset is None:
         from lfvit_jax.data import Dataset
         dataset = Dataset(config.data)
@@ -60,9 +55,8 @@ def evaluate_weights(config, workdir, which="latest", dataset=None, preview=16):
 
 
 def evaluate_checkpoint(config, workdir, which="latest", dataset=None):
-    """`main.py --mode eval`: writes `evaluate_weights`' results into a folder of its own under
-    the workdir (step and config in its name), never over the training run's files. Returns
-    (summary, folder)."""
+    """`main.py --mode eval`: `evaluate_weights` into an eval folder of its own under the workdir
+    (never over the training run's files). Returns (summary, folder)."""
     loaded, arrays, summary, images = evaluate_weights(config, workdir, which, dataset)
     out_dir = rundir.eval_dir(workdir, loaded.step, config)
     reports.save_eval(loaded.task, out_dir, arrays, summary, images, config.data)
@@ -74,8 +68,7 @@ def evaluate_checkpoint(config, workdir, which="latest", dataset=None):
 
 
 def match_baseline(lfvit_dir, baseline_dir, num=1001):
-    """The cheapest exit threshold at which an LF-ViT run is at least as accurate as a baseline
-    (DeiT) run, from both runs' final evaluations."""
+    """The cheapest exit threshold of an LF-ViT run at least as accurate as a baseline run."""
     base, ours = reports.read_result(baseline_dir), reports.read_result(lfvit_dir)
     if "exit" not in ours or "exit" in base:
         raise ValueError("Give an LF-ViT run as --workdir and a baseline (DeiT) run as "
@@ -105,7 +98,4 @@ def main(FLAGS):
 
 
 if __name__ == "__main__":
-    import sys
-
-    from lfvit_jax import cli
     sys.exit(cli.run(define_flags, main))

@@ -1,20 +1,14 @@
-"""The figures of the README and the notebooks, from a trained demo workdir.
-
-  python main.py --config configs/demo.py --workdir workdirs/demo        # train (once)
-  python -m lfvit_jax.figures --workdir workdirs/demo --out docs/figures \
-      --baseline workdirs/demo_baseline                                  # regenerate every PNG
-
-Writes overlays.png (the paper's Figure 6 on cluttered MNIST test canvases), budget_curve.png
-(Figure 4, with the baseline run's point when one is given), stage_counts.png (Figure 7),
-easy_hard.png (images that exit early beside images that go to focus) and figures.json (the
-numbers behind them, with the localization rates). Without --out they go to WORKDIR/figures.
+"""The figures of the README and the notebooks, from a trained demo workdir: overlays.png (the
+paper's Figure 6), budget_curve.png (Figure 4), stage_counts.png (Figure 7), easy_hard.png and
+figures.json (the numbers behind them). README.md, "Figures", gives the commands.
 """
 import json
+import sys
 
 import numpy as np
 from etils import epath
 
-from lfvit_jax import plotting, reports, sweep
+from lfvit_jax import cli, plotting, reports, sweep
 
 
 def confidences(arrays):
@@ -22,9 +16,8 @@ def confidences(arrays):
 
 
 def sweep_thresholds(arrays, num):
-    """`num` exit thresholds spread evenly over the exit fraction, from everything exits (eta 0)
-    to nothing does (eta 1): quantiles of the localization confidence, so the figures show the
-    model's whole range however confident it is."""
+    """`num` exit thresholds spread evenly over the exit fraction (quantiles of the localization
+    confidence, plus 0 and 1): the figures show the whole range however confident the model is."""
     quantiles = np.quantile(confidences(arrays).astype(np.float64), np.linspace(1, 0, num)[1:-1])
     return tuple(np.unique(np.concatenate([[0.0], np.round(quantiles, 3), [1.0]])).tolist())
 
@@ -35,14 +28,9 @@ def half_exit_threshold(arrays):
     return float(np.floor(100 * float(np.median(confidences(arrays))))) / 100
 
 
-def take(arrays, index):
-    return {k: v[index] for k, v in arrays.items()}
-
-
 def localization_rates(grid, arrays, summary):
-    """Fractions of evaluation images whose NGCA region contains the object's centre
-    (`region_hit`) and its whole box (`region_contains`), from the summary, and whose box fits
-    in any window at all (`any_window_contains`, the best a region choice could do)."""
+    """How often the region holds the object's centre and whole box (from the summary), and
+    how often any window could hold the box (`any_window_contains`, the best a choice could do)."""
     mask = arrays["_mask"].astype(bool)
     return {"region_hit": summary["region_hit"], "region_contains": summary["region_contains"],
             "any_window_contains": float(grid.any_window_contains(arrays["bbox"][mask]).mean()),
@@ -52,13 +40,12 @@ def localization_rates(grid, arrays, summary):
 def split_overlays(grid, arrays, images, data_cfg, index, threshold, ncols=4):
     """Region, refined tokens and the digit's box over the evaluation images `index`."""
     index = np.asarray(index)
-    return reports.overlays_figure(grid, take(arrays, index), images[index], data_cfg,
-                                   threshold, ncols)
+    return reports.overlays_figure(grid, {k: v[index] for k, v in arrays.items()}, images[index],
+                                   data_cfg, threshold, ncols)
 
 
 def easy_and_hard(grid, arrays, images, data_cfg, threshold, n=4):
-    """Top row: the n most confident localizations (they exit at `threshold` when their
-    confidence reaches it); bottom row: the n least confident, which go to the focus stage."""
+    """Top row: the n most confident localizations (exit early); bottom: the n least confident."""
     valid = np.flatnonzero(arrays["_mask"])
     order = valid[np.argsort(-arrays["loc_probs"][valid].max(axis=1), kind="stable")]
     fig = split_overlays(grid, arrays, images, data_cfg,
@@ -69,8 +56,7 @@ def easy_and_hard(grid, arrays, images, data_cfg, threshold, n=4):
 
 
 def prediction_overlays(grid, images, out, data_cfg, names):
-    """Region and refined tokens over arbitrary images, from `model.apply(..., threshold)`'s
-    outputs (loc_logits, focus_logits, confidence, exited, region, coarse_index)."""
+    """Regions and refined tokens over any images, from `model.apply(..., threshold)` outputs."""
     titles = []
     for i, name in enumerate(names):
         loc, focus = int(np.argmax(out["loc_logits"][i])), int(np.argmax(out["focus_logits"][i]))
@@ -82,11 +68,9 @@ def prediction_overlays(grid, images, out, data_cfg, names):
         grid.fine_children(np.asarray(out["coarse_index"])), grid.patch, titles)
 
 
-def write_all(grid, arrays, summary, images, data_cfg, out_dir, threshold, baseline=None,
-              count=8):
-    """Every figure of the README into `out_dir` from one evaluation (its arrays and the task's
-    summary); `baseline` = (GFLOPs, top-1, label) adds a baseline run's point to the budget
-    curve. Returns the numbers behind the figures."""
+def write_all(grid, arrays, summary, images, data_cfg, out_dir, threshold, baseline=None, count=8):
+    """Every figure of the README into `out_dir` from one evaluation; `baseline` = (GFLOPs, top-1,
+    label) adds a baseline run's point to the budget curve. Returns the numbers behind them."""
     out_dir = epath.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     mask = arrays["_mask"].astype(bool)
@@ -143,19 +127,14 @@ def define_flags(fv, argv):
     from absl import flags
     d = dict(flag_values=fv)
     flags.DEFINE_string("workdir", None, "a finished demo run (main.py --workdir)", **d)
-    flags.DEFINE_string("out", None, "folder for the PNGs and figures.json (default: "
-                        "WORKDIR/figures)", **d)
-    flags.DEFINE_float("threshold", None, "exit threshold eta named in the panel titles "
-                       "(default: the median localization confidence, where about half the "
-                       "images exit)", **d)
+    flags.DEFINE_string("out", None, "folder for the figures (default: WORKDIR/figures)", **d)
+    flags.DEFINE_float("threshold", None, "exit threshold eta in the panel titles (default: "
+                       "the median localization confidence: about half the images exit)", **d)
     flags.DEFINE_string("baseline", None, "a finished baseline run (configs/demo.py:baseline): "
                         "its point joins the budget curve", **d)
     flags.mark_flags_as_required(["workdir"], **d)
 
 
 if __name__ == "__main__":
-    import sys
-
-    from lfvit_jax import cli
     sys.exit(cli.run(define_flags, lambda FLAGS: main(FLAGS.workdir, FLAGS.out, FLAGS.threshold,
                                                       FLAGS.baseline)))

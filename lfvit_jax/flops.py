@@ -1,21 +1,18 @@
 """FLOPs per image in the release's convention, with XLA's own count as a cross-check.
 
-Convention (reproduces the published LF-ViT figures exactly): 1 multiply-add = 1 FLOP for matmuls
-and the patch embedding; LayerNorm 5 per element; nearest upsampling 1 per output element;
-softmax, GELU and additions 0. Stage 2 is counted without its classifier head.
-
-  python -m lfvit_jax.flops --config configs/lfvit_deit_s.py:res=224,m=5
-
-Prints a per-stage table, then a JSON line with stage1_gflops / stage12_gflops (LF-ViT) or gflops
-(DeiT), and XLA's counts (`cost_analysis`, halved to multiply-adds) of what this implementation
-runs, which skips work the release does (`skipped_gflops`): the classifying pass runs its last
-block for the class token only, and stage 2 embeds and fuses only the selected patches.
+The convention reproduces the published LF-ViT figures exactly: 1 multiply-add = 1 FLOP for matmuls
+and the patch embedding; LayerNorm 5 per element; nearest upsampling 1 per output element; softmax,
+GELU and additions 0; stage 2 without its classifier head. XLA counts what this implementation
+runs, which skips some of that work (`skipped_gflops`).
 """
+import collections
 import json
+import sys
 
 import jax
 import jax.numpy as jnp
 
+from lfvit_jax import cli
 from lfvit_jax.models import DeiT
 
 
@@ -67,17 +64,15 @@ def lfvit_table(model, focus_mode="region"):
 
 
 def gflops_by_stage(rows):
-    """{stage: GFLOPs} of a table."""
-    total = {}
+    total = collections.Counter()
     for stage, _, f in rows:
-        total[stage] = total.get(stage, 0) + f
+        total[stage] += f
     return {stage: f / 1e9 for stage, f in total.items()}
 
 
 def cls_only_skipped(n, width, mlp_dim):
-    """Work of a last block and final norm over n tokens that a classifier does not need: every
-    query, attention row, projection, MLP and norm but the class token's (keys and values of all
-    tokens are still computed)."""
+    """Work of a last block and final norm over n tokens that a classifier does not need: all
+    but the class token's queries, attention row, projection, MLP and norm."""
     full = block_flops(n, width, mlp_dim) + 5 * n * width
     kept = (n * width * 3 * width + 2 * n * width + width * width + 2 * width * mlp_dim
             + 5 * n * width + 2 * 5 * width)
@@ -91,9 +86,8 @@ def deit_skipped(model):
 
 
 def lfvit_skipped(model, focus_mode="region"):
-    """GFLOPs of the release's convention that this implementation does not run. The classifying
-    pass (stage 2) runs its last block for the class token only; in region mode stage 2 also
-    embeds only the 4K selected patches and fuses only their K parents, with no upsampling."""
+    """GFLOPs of the convention not run here: stage 2's last block beyond the class token, and in
+    region mode the embedding and fusion of unselected patches and the upsampling."""
     c = model.width
     skipped = cls_only_skipped(focus_tokens(model, focus_mode), c, model.mlp_dim)
     if focus_mode == "region":
@@ -136,7 +130,7 @@ def _table_lines(rows):
 
 
 def deit_report(model):
-    """The readable table and the JSON summary with XLA's cross-check, for a DeiT."""
+    """(readable table, JSON summary with XLA's cross-check)."""
     lines = _table_lines(deit_table(model))
     out = dict(deit_summary(model), xla_gflops=xla_gflops(model), skipped_gflops=deit_skipped(model))
     lines.append(f"{'total':8} {'':38} {out['gflops']:12.6f}   (XLA: {out['xla_gflops']:.6f})")
@@ -146,7 +140,6 @@ def deit_report(model):
 
 
 def lfvit_report(model, focus_mode="region"):
-    """The readable table and the JSON summary with XLA's cross-check, for an LF-ViT."""
     lines = _table_lines(lfvit_table(model, focus_mode))
     out = dict(lfvit_summary(model, focus_mode), region_size=model.region_size,
                kept_tokens=model.num_kept, stage2_tokens=focus_tokens(model, focus_mode),
@@ -184,7 +177,4 @@ def main(FLAGS):
 
 
 if __name__ == "__main__":
-    import sys
-
-    from lfvit_jax import cli
     sys.exit(cli.run(define_flags, main))

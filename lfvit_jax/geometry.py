@@ -1,9 +1,7 @@
 """Where LF-ViT's regions and tokens lie: the coarse h1 x h1 grid of the half-resolution image,
-its m x m windows (numbered row-major by their top-left corner), the fine 2h1 x 2h1 grid of the
-full-resolution image, and pixel boxes (ymin, xmin, ymax, xmax; max exclusive) of the full image.
-
-Written with array operators only (plus `xp` for concatenation), so the same arithmetic serves
-numpy on the host and jnp under jit.
+its m x m windows (numbered row-major by their top-left corner), the fine 2h1 x 2h1 grid, and pixel
+boxes (ymin, xmin, ymax, xmax; max exclusive) of the full image. Array operators only (plus `xp`
+for concatenation), so the same arithmetic serves numpy on the host and jnp under jit.
 """
 import dataclasses
 

@@ -1,11 +1,7 @@
-"""User inputs for prediction: image files, folders of them, and .npz arrays of images, turned into
-the model's evaluation view. Local paths or URLs (gs://).
-
-Every image becomes 8-bit RGB (or greyscale) before the evaluation transform: EXIF orientation
-applied, 16-bit and 32-bit samples scaled (not clipped) to 8 bits, palettes expanded, transparency
-composited over white, CMYK and other colour spaces converted. An image may have at most
-MAX_PIXELS pixels. .npz arrays must already be the evaluation view: floating point, finite, and
-normalized as in training, ((pixel / 255) - mean) / std, which bounds every value.
+"""User inputs for prediction (image files, folders of them, .npz arrays of images; local or gs://)
+turned into the model's evaluation view. Images become 8-bit 'L' or 'RGB' first: EXIF orientation
+applied, 16/32-bit samples scaled (not clipped), palettes expanded, transparency over white. .npz
+arrays must already be the evaluation view, normalized as in training: ((pixel / 255) - mean) / std.
 """
 import io
 import math
@@ -97,9 +93,7 @@ def to_8bit(img):
         return Image.fromarray(_scaled_to_8bit(img), "L")
     if img.mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-    if img.mode in ("LA", "La", "PA"):
-        img = img.convert("RGBA")
-    if img.mode in ("RGBA", "RGBa"):
+    if img.mode in ("LA", "La", "PA", "RGBA", "RGBa"):
         background = Image.new("RGBA", img.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, img.convert("RGBA")).convert("RGB")
     return img.convert("RGB")  # CMYK, YCbCr, LAB, HSV, RGBX
@@ -120,8 +114,7 @@ def _scaled_to_8bit(img):
 
 
 def read_npz(path, data_cfg, size):
-    """Yields (name, image, error) for each image of a .npz: the file's error once, or per image
-    (values outside the normalized range, non-finite values)."""
+    """Yields (name, image, error) per image of a .npz (a file-level error once)."""
     wanted = f"expected a float32 'images' array (N, {size}, {size}, 3)"
     try:
         f = np.load(_local_or_bytes(path), allow_pickle=False)
@@ -150,7 +143,9 @@ def read_npz(path, data_cfg, size):
         yield path, None, (f"'images' is {images.dtype}; {expected} (or give the images as "
                            "files)")
         return
-    low, high = normalized_range(data_cfg)
+    # Bounds of (pixel / 255 - mean) / std for pixels in [0, 255], with a little slack.
+    mean, std = np.asarray(data_cfg.mean, np.float32), np.asarray(data_cfg.std, np.float32)
+    low, high = (0 - mean) / std - 1e-3, (1 - mean) / std + 1e-3
     for i, img in enumerate(images.astype(np.float32)):
         name = item_name(path, i)
         if not np.isfinite(img).all():
@@ -163,12 +158,6 @@ def read_npz(path, data_cfg, size):
             yield name, img, None
 
 
-def normalized_range(data_cfg, slack=1e-3):
-    """Per-channel bounds of (pixel / 255 - mean) / std for pixels in [0, 255]."""
-    mean, std = np.asarray(data_cfg.mean, np.float32), np.asarray(data_cfg.std, np.float32)
-    return (0 - mean) / std - slack, (1 - mean) / std + slack
-
-
 def preprocess(img, data_cfg, size):
     """PIL image -> the evaluation view: (size, size, 3) float32, normalized as in training."""
     img = resize_center_crop(img, size, data_cfg.crop_pct, data_cfg.interpolation)
@@ -177,9 +166,8 @@ def preprocess(img, data_cfg, size):
 
 
 def resize_center_crop(img, size, crop_pct, interpolation):
-    """`augment.resize_center_crop`, except that an image whose resized copy would exceed
-    MAX_RESIZED_PIXELS (a long thin strip) has only the crop's box resized: the same view up to
-    rounding, without the huge intermediate."""
+    """`augment.resize_center_crop`, but an image whose resized copy would exceed
+    MAX_RESIZED_PIXELS (a long strip) has only the crop's box resized: the same view, rounded."""
     short = int(math.floor(size / crop_pct))
     scale = short / min(img.width, img.height)
     new_w, new_h = int(img.width * scale), int(img.height * scale)

@@ -1,11 +1,6 @@
-"""Parameters alone, for evaluation and prediction: no optimizer, schedule or dataset.
-
-`load(config, workdir)` takes weights in the resume order: the workdir's own checkpoint (its
-latest step by default, `best`, or a step number; the EMA parameters when the run kept them; a
-damaged step is skipped with a warning for the newest intact one), else `config.resume` (another
-run), else `config.init_from` (official LF-ViT / CF-ViT / timm DeiT weights, or a
-`lfvit_jax.convert` folder). They are restored straight into the model's abstract
-parameters with their shardings.
+"""Parameters alone, for evaluation and prediction: no optimizer, schedule or dataset. `load`
+follows the resume order (workdir checkpoint, newest intact step; config.resume; config.init_from)
+and restores straight into the model's abstract parameters with their shardings.
 """
 import dataclasses
 from typing import Any
@@ -23,12 +18,6 @@ class Loaded:
     params: Any
     origin: str  # where the parameters came from, for messages
     step: int
-
-
-def abstract_params(task, mesh, param_sharding="replicated"):
-    shapes = jax.eval_shape(task.init_params, jax.random.key(0))
-    return checkpoint.abstract_with_shardings(
-        shapes, parallel.state_shardings(shapes, mesh, param_sharding))
 
 
 def pretrained_params(config, task, target):
@@ -55,8 +44,9 @@ def _restore(directory, steps, which, target):
 def load(config, workdir=None, which="latest", mesh=None):
     """A `Loaded` task with its parameters; `which` is 'latest', 'best' or a step number."""
     task = tasks.build(config.model)
-    target = abstract_params(task, mesh or parallel.make_mesh(), config.get("param_sharding",
-                                                                           "replicated"))
+    shapes = jax.eval_shape(task.init_params, jax.random.key(0))
+    target = checkpoint.abstract_with_shardings(shapes, parallel.state_shardings(
+        shapes, mesh or parallel.make_mesh(), config.get("param_sharding", "replicated")))
     folder = checkpoint.BEST_DIR if which == "best" else checkpoint.CHECKPOINTS_DIR
     for run in filter(None, (workdir, config.get("resume"))):
         directory = epath.Path(run) / folder

@@ -1,8 +1,5 @@
 """TensorBoard event files (tensorboardX, no TensorFlow) and a JSON-lines log; process 0 writes.
-
-Both work in a bucket: tensorboardX uploads its event file on each flush, and a bucket's objects
-cannot be appended to, so there metrics.jsonl is rewritten whole at each write (it holds one
-line per logged step).
+A bucket's objects cannot be appended to, so there metrics.jsonl is rewritten whole at each write.
 """
 import json
 import time

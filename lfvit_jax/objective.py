@@ -1,9 +1,6 @@
-"""The losses of the training objective (algorithm doc, section 10).
-
-LF-ViT: soft-target cross-entropy on the focus output plus KL(stop-gradient p_focus || p_loc), the
-focus stage acting as the localization stage's teacher; 'ce_ce' is the paper's ablation that
-replaces the KL term with a second cross-entropy on the localization output. DeiT: soft-target
-cross-entropy on its logits. Which applies is each model kind's task (`lfvit_jax.tasks`).
+"""The losses of the training objective (algorithm doc, section 10). LF-ViT: soft-target
+cross-entropy on the focus output plus KL(stop-gradient p_focus || p_loc), the focus stage teaching
+the localization stage ('ce_ce', the paper's ablation, uses a second cross-entropy instead).
 """
 import jax
 import jax.numpy as jnp

@@ -1,14 +1,13 @@
-"""Devices, mesh and shardings: a 1-D 'data' mesh over every device of every process.
-
-Batches are split over 'data'. Parameters and optimizer state are replicated, or with
-`param_sharding='fsdp'` each array is split over 'data' along its largest divisible dimension
-(ZeRO-3 style: XLA inserts the all-gathers and reduce-scatters under jit).
+"""Devices, mesh and shardings: a 1-D 'data' mesh over every device of every process. Batches
+are split over 'data'; parameters and optimizer state are replicated, or with `param_sharding=
+'fsdp'` split along their largest divisible dimension (XLA inserts the collectives under jit).
 """
 import json
 import os
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 PARAM_SHARDINGS = ("replicated", "fsdp")
@@ -16,12 +15,8 @@ PARAM_SHARDINGS = ("replicated", "fsdp")
 
 def maybe_initialize_distributed(auto=False, coordinator_address=None, num_processes=None,
                                  process_id=None):
-    """Calls jax.distributed.initialize() when this is one of several processes.
-
-    Explicit coordinator flags win; `auto` (or a Slurm job of several tasks, or a multi-host
-    TPU environment that names its workers) lets JAX detect the cluster itself.
-    Returns True when the distributed runtime was started.
-    """
+    """Starts jax.distributed (returns True) when this is one of several processes: explicit
+    coordinator flags, or `auto`, a Slurm job of several tasks or a multi-host TPU environment."""
     if coordinator_address:
         if num_processes is None or process_id is None:
             raise ValueError("--coordinator_address needs --num_processes and --process_id too.")
@@ -59,12 +54,9 @@ def check_batch(global_batch, mesh, grad_accum=1, name="config.batch_size"):
 
 def fsdp_spec(shape, n):
     """Shard the largest dimension divisible by n; small or indivisible arrays stay replicated."""
-    dims = sorted(range(len(shape)), key=lambda d: -shape[d])
-    for d in dims:
+    for d in sorted(range(len(shape)), key=lambda d: -shape[d]):
         if shape[d] % n == 0 and shape[d] >= n:
-            spec = [None] * len(shape)
-            spec[d] = "data"
-            return P(*spec)
+            return P(*["data" if i == d else None for i in range(len(shape))])
     return P()
 
 
@@ -87,20 +79,16 @@ def to_global(batch, sharding):
 
 
 def host_array(x):
-    """A jax.Array as one numpy array on this host, gathered from the other processes when they
-    hold parts of it."""
+    """A jax.Array as one numpy array on this host, gathered from other processes if needed."""
     if getattr(x, "is_fully_addressable", True):
         return np.asarray(x)
-    from jax.experimental import multihost_utils
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def gather_rows(x):
-    """This process's numpy rows -> every process's rows, concatenated in process order (the
-    order of a batch sharded over 'data')."""
+    """Every process's numpy rows, concatenated in process order (a batch sharded over data)."""
     if jax.process_count() == 1:
         return np.asarray(x)
-    from jax.experimental import multihost_utils
     return np.asarray(multihost_utils.process_allgather(np.asarray(x), tiled=True))
 
 

@@ -1,11 +1,5 @@
-"""Figures of what LF-ViT looks at and what it costs (matplotlib, no pyplot state).
-
-Every function draws on an Axes it is given, or builds a `matplotlib.figure.Figure` itself, so
-nothing depends on the backend or leaks open figures; save with `fig.savefig(path)`.
-
-  draw_region_and_tokens: the image, the NGCA region and the refined fine patches (Figure 6)
-  budget_curve:           top-1 against GFLOPs per image as the exit threshold moves (Figure 4)
-  stage_counts:           images decided by each stage, right and wrong, per threshold (Figure 7)
+"""Figures of what LF-ViT looks at (the paper's Figure 6) and what it costs (Figures 4 and 7), drawn
+on a given Axes or a new `matplotlib.figure.Figure`: no pyplot state, no leaked open figures.
 """
 import numpy as np
 from matplotlib.figure import Figure
@@ -28,47 +22,30 @@ def to_display(image, mean, std):
     return np.clip(x, 0.0, 1.0)
 
 
-def kept_mask(kept_fine_patches, grid):
-    """(grid, grid) bool: True where the fine patch was refined."""
-    mask = np.zeros(grid * grid, bool)
-    mask[np.asarray(kept_fine_patches)] = True
-    return mask.reshape(grid, grid)
-
-
-def draw_region_and_tokens(ax, image, region_box, kept_fine_patches, patch, title=None,
-                           veil=0.5):
-    """Draws `image` (H, W, 3 in [0, 1]) in pixel coordinates, washes out every fine patch that
-    was not refined (white at opacity `veil`: visible on dark canvases and photos alike), and
-    outlines the region box (ymin, xmin, ymax, xmax, max exclusive).
-
-    Returns {'region': Rectangle, 'mask': (grid, grid) bool of refined patches}.
-    """
+def draw_region_and_tokens(ax, image, region_box, kept_fine_patches, patch, title=None, veil=0.5):
+    """Draws `image` (H, W, 3 in [0, 1]), washes out every fine patch that was not refined (white
+    at opacity `veil`: visible on dark canvases and photos alike) and outlines the region box.
+    Returns {'region': Rectangle, 'mask': (grid, grid) bool of refined patches}."""
     h, w = image.shape[:2]
     ax.imshow(image, extent=(0, w, h, 0), interpolation="nearest")
-    mask = kept_mask(kept_fine_patches, h // patch)
+    mask = np.zeros((h // patch) ** 2, bool)
+    mask[np.asarray(kept_fine_patches)] = True
+    mask = mask.reshape(h // patch, h // patch)
     wash = np.ones(mask.shape + (4,), np.float32)
     wash[..., 3] = np.where(mask, 0.0, veil)  # transparent over the refined patches
     ax.imshow(wash, extent=(0, w, h, 0), interpolation="nearest")
-    ymin, xmin, ymax, xmax = (float(v) for v in region_box)
-    rect = Rectangle((xmin, ymin), xmax - xmin, ymax - ymin, fill=False, edgecolor="#f4a261",
-                     linewidth=2)
-    ax.add_patch(rect)
-    ax.set_xlim(0, w)
-    ax.set_ylim(h, 0)
-    ax.set_xticks([])
-    ax.set_yticks([])
+    rect = draw_box(ax, region_box, "#f4a261", "-", linewidth=2)
+    ax.set(xlim=(0, w), ylim=(h, 0), xticks=[], yticks=[])
     if title:
         ax.set_title(title, fontsize=8)
     return {"region": rect, "mask": mask}
 
 
-def draw_box(ax, box, colour="#06d6a0", linestyle="--"):
+def draw_box(ax, box, colour="#06d6a0", linestyle="--", linewidth=1.2):
     """Outlines a (ymin, xmin, ymax, xmax) pixel box, e.g. the digit's ground truth."""
     ymin, xmin, ymax, xmax = (float(v) for v in box)
-    rect = Rectangle((xmin, ymin), xmax - xmin, ymax - ymin, fill=False, edgecolor=colour,
-                     linestyle=linestyle, linewidth=1.2)
-    ax.add_patch(rect)
-    return rect
+    return ax.add_patch(Rectangle((xmin, ymin), xmax - xmin, ymax - ymin, fill=False,
+                                  edgecolor=colour, linestyle=linestyle, linewidth=linewidth))
 
 
 def overlays_figure(images, region_boxes, kept_fine, patch, titles=None, truth_boxes=None,
@@ -91,8 +68,8 @@ def overlays_figure(images, region_boxes, kept_fine, patch, titles=None, truth_b
 
 
 def budget_curve(ax, rows, baseline=None, label="LF-ViT", annotate=6):
-    """Top-1 (%) against average GFLOPs per image, one point per sweep row, some labelled with
-    their eta; `baseline` = (gflops, top1, label) adds a single point."""
+    """Top-1 (%) against GFLOPs per image, one point per sweep row (some labelled with eta);
+    `baseline` = (gflops, top1, label) adds a single point."""
     rows = sorted(rows, key=lambda r: r["gflops"])
     x = [r["gflops"] for r in rows]
     y = [100 * r["top1"] for r in rows]
@@ -107,24 +84,26 @@ def budget_curve(ax, rows, baseline=None, label="LF-ViT", annotate=6):
     if baseline is not None:
         ax.plot([baseline[0]], [100 * baseline[1]], "s", color="C3", label=baseline[2])
     ax.xaxis.set_major_locator(MaxNLocator(5))
-    ax.set_xlabel("GFLOPs per image")
-    ax.set_ylabel("top-1 (%)")
+    ax.set(xlabel="GFLOPs per image", ylabel="top-1 (%)")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     return line
 
 
-def budget_curve_figure(rows, baseline=None, title="LF-ViT accuracy vs. budget"):
-    fig = new_figure(5, 3.6)
+def _titled(size, title, draw, *args):
+    fig = new_figure(*size)
     ax = fig.add_subplot()
-    budget_curve(ax, rows, baseline)
+    draw(ax, *args)
     ax.set_title(title)
     return fig
 
 
+def budget_curve_figure(rows, baseline=None, title="LF-ViT accuracy vs. budget"):
+    return _titled((5, 3.6), title, budget_curve, rows, baseline)
+
+
 def stage_counts(ax, rows):
-    """Stacked bars per eta: images that exit after localization (right, wrong) and images the
-    focus stage decides (right, wrong). Returns {key: BarContainer}."""
+    """Stacked bars per eta: images each stage decides, right and wrong; {key: BarContainer}."""
     etas = [f"{r['eta']:.3g}" for r in rows]
     bottom = np.zeros(len(rows))
     bars = {}
@@ -132,24 +111,18 @@ def stage_counts(ax, rows):
         counts = np.array([r[key] for r in rows], float)
         bars[key] = ax.bar(etas, counts, bottom=bottom, color=colour, label=STAGE_LABELS[key])
         bottom += counts
-    ax.set_xlabel("exit threshold eta")
-    ax.set_ylabel("images")
+    ax.set(xlabel="exit threshold eta", ylabel="images")
     ax.tick_params(axis="x", labelrotation=90, labelsize=7)
     ax.legend(fontsize=7, loc="upper left")
     return bars
 
 
 def stage_counts_figure(rows, title="Which stage decides"):
-    fig = new_figure(5.5, 3.6)
-    ax = fig.add_subplot()
-    stage_counts(ax, rows)
-    ax.set_title(title)
-    return fig
+    return _titled((5.5, 3.6), title, stage_counts, rows)
 
 
 def training_curves(records, title="Training"):
-    """Loss and learning rate per step, and both stages' top-1 at each evaluation, from the rows
-    of a workdir's metrics.jsonl. Returns the Figure."""
+    """Loss, learning rate and both stages' eval top-1 from a workdir's metrics.jsonl rows."""
     train = [r for r in records if "train/loss" in r]
     evals = [r for r in records if "eval/loc_top1" in r]
     fig = new_figure(9, 3)

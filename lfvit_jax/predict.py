@@ -1,13 +1,7 @@
-"""Batch prediction with early exit: image files, folders of them, or .npz arrays of images.
-
-Writes into its output folder `predictions.jsonl` (one strict-JSON line per image: file, class and
-its name when known, confidence, the deciding stage, the localization stage's class and
-confidence, the region as a pixel box of the model's input view and the refined coarse tokens,
-both null for a model without regions) and `predictions.npz` (final and localization logits,
-exited, region; with save_logits='all' also every image's focus logits, both stages then run on
-every image). Unreadable files are reported and skipped; images whose outputs are not finite get
-an "error" instead of a class. With `overlays_dir`, one PNG per image shows the region and the
-refined tokens over the input view.
+"""Batch prediction with early exit over image files, folders of them, or .npz arrays of images,
+into `predictions.jsonl` (one strict-JSON line per image), `predictions.npz` and optional region
+overlays (formats: README.md, "Predict"). Unreadable files are reported and skipped; images whose
+outputs are not finite get an "error" instead of a class.
 """
 import collections
 import io
@@ -48,18 +42,14 @@ def save_overlay(path, image, record, grid, data_cfg):
     reports.save_figure(fig, path)
 
 
-def _softmax(x):
-    e = np.exp(x - x.max())
-    return e / e.sum()
-
-
 def _record(name, out, k, grid, class_names):
     """One image's line of predictions.jsonl."""
     logits = out["logits"][k]
     if not (np.isfinite(logits).all() and np.isfinite(out["loc_logits"][k]).all()):
         return {"file": name, "class": None, "error": "the model's outputs are not finite (NaN "
                 "or inf): check that the input is a normalized image and the weights are intact"}
-    probs = _softmax(logits.astype(np.float64))
+    probs = np.exp(logits.astype(np.float64) - logits.max())
+    probs /= probs.sum()
     record = {"file": name, "class": int(probs.argmax())}
     if class_names is not None:
         record["class_name"] = class_names[record["class"]]
@@ -75,14 +65,9 @@ def _record(name, out, k, grid, class_names):
 def predict(model, variables, inputs, data_cfg, out_dir, threshold, batch_size=32,
             sharding=None, progress=True, overlays_dir=None, save_logits="final",
             class_names=None):
-    """Classifies `inputs` (streaming early exit; both stages on every image with
-    save_logits='all'), writes the files above into `out_dir` and returns a summary dict.
-
-    With several processes (`sharding` over all of their devices, the same call in each), the
-    input files are dealt out in blocks of batch_size / processes: process p reads and decodes
-    blocks p, p + P, ..., so a global batch of image files holds the same images as in one
-    process. Every process runs the same number of batches (padded when its files run out);
-    the outputs are gathered and process 0 writes them in the inputs' order."""
+    """Classifies `inputs` into `out_dir` and returns a summary. With P processes (the same call
+    in each), process p reads the blocks p, p + P, ... of batch_size / P files, so a global batch
+    holds the same images as in one process; process 0 writes the gathered outputs in order."""
     from tqdm import tqdm
 
     if save_logits not in SAVE_LOGITS:
@@ -169,7 +154,7 @@ def predict(model, variables, inputs, data_cfg, out_dir, threshold, batch_size=3
                "img_per_sec": len(records) / seconds if seconds > 0 else 0.0,
                "threshold": threshold, "out_dir": os.fspath(out_dir)}
     if jax.process_index() == 0:
-        _write(out_dir, records, arrays, overlays_dir)
+        _write(out_dir, records, arrays)
     if overlays_dir:
         summary["overlays_dir"] = os.fspath(overlays_dir)
     if skipped:
@@ -177,7 +162,7 @@ def predict(model, variables, inputs, data_cfg, out_dir, threshold, batch_size=3
     return summary
 
 
-def _write(out_dir, records, arrays, overlays_dir):
+def _write(out_dir, records, arrays):
     out_dir = epath.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "predictions.jsonl").write_text(
@@ -190,9 +175,7 @@ def _write(out_dir, records, arrays, overlays_dir):
 
 def predict_checkpoint(config, workdir, inputs, threshold, batch_size, output=None,
                        overwrite=False, save_logits="final", overlays_dir=None, which="latest"):
-    """`main.py --mode=predict`: the weights `loading.load` finds (no dataset is opened: classes
-    and image size come from the config, checked against the weights). Writes into `output`, by
-    default a fresh folder under the workdir; an existing non-empty one only with `overwrite`."""
+    """`main.py --mode=predict`: the weights `loading.load` finds; no dataset is opened."""
     from lfvit_jax.data import class_names
 
     mesh = parallel.make_mesh()
@@ -206,6 +189,5 @@ def predict_checkpoint(config, workdir, inputs, threshold, batch_size, output=No
         names = None  # the dataset's names do not describe this head
     return predict(loaded.task.model, {"params": loaded.params}, inputs, config.data, out_dir,
                    threshold, batch_size, sharding=parallel.batch_sharding(mesh),
-                   progress=jax.process_index() == 0,
-                   overlays_dir=overlays_dir,
+                   progress=jax.process_index() == 0, overlays_dir=overlays_dir,
                    save_logits=save_logits, class_names=names)

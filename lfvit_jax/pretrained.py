@@ -1,8 +1,6 @@
 """One-line loading of LF-ViT / CF-ViT / timm DeiT weights, and the project's own checkpoint format.
-
-PyTorch names map to Flax paths by rule: numbered children join their parent
-(`blocks.3.attn.qkv.weight` -> `blocks_3/attn/qkv/kernel`), Linear weights are transposed,
-conv weights go OIHW -> HWIO and LayerNorm `weight` becomes `scale`.
+PyTorch names map to Flax paths by rule (`blocks.3.attn.qkv.weight` -> `blocks_3/attn/qkv/kernel`):
+Linear weights are transposed, conv weights go OIHW -> HWIO, LayerNorm `weight` becomes `scale`.
 """
 import io
 import json
@@ -25,22 +23,16 @@ CONFIG_FILE = "model_config.json"
 PARAMS_DIR = "params"
 
 
-def flax_path(torch_name):
-    """'blocks.3.norm1.weight' -> ('blocks_3', 'norm1', 'weight') (leaf renamed by `to_flax`)."""
-    out = []
-    for part in torch_name.split("."):
-        if part.isdigit() and out:
-            out[-1] = f"{out[-1]}_{part}"
-        else:
-            out.append(part)
-    return tuple(out)
-
-
 def to_flax(torch_name, array):
     """Flax path and array for one PyTorch tensor."""
-    path = flax_path(torch_name)
-    leaf = path[-1]
-    if leaf == "weight":
+    path = []
+    for part in torch_name.split("."):
+        if part.isdigit() and path:
+            path[-1] = f"{path[-1]}_{part}"
+        else:
+            path.append(part)
+    path = tuple(path)
+    if path[-1] == "weight":
         if array.ndim == 4:  # conv OIHW -> HWIO
             return path[:-1] + ("kernel",), array.transpose(2, 3, 1, 0)
         if array.ndim == 2:  # Linear (out, in) -> Dense kernel (in, out)
@@ -50,8 +42,7 @@ def to_flax(torch_name, array):
 
 
 def read_state_dict(path, allow_pickle=False):
-    """A PyTorch-named state_dict as float32 numpy arrays from .pth/.pt/.bin or .npz (local or
-    a URL); every array must be floating point and finite."""
+    """A float32 numpy state_dict (finite floats only) from .pth/.pt/.bin or .npz, local or URL."""
     path = os.fspath(path)
     if not storage.path(path).exists():
         raise ValueError(f"{path} does not exist.")
@@ -77,11 +68,9 @@ def read_state_dict(path, allow_pickle=False):
             raise ValueError(f"{path} holds Python objects besides tensors (e.g. training args). "
                              "If you trust the file, pass allow_pickle=True "
                              "(CLI: --allow_pickle).") from e
-        if isinstance(obj, dict):
-            for key in ("model", "state_dict", "model_ema"):
-                if isinstance(obj.get(key), dict):
-                    obj = obj[key]
-                    break
+        if isinstance(obj, dict):  # a training checkpoint: its first state_dict-like entry
+            obj = next((obj[key] for key in ("model", "state_dict", "model_ema")
+                        if isinstance(obj.get(key), dict)), obj)
         sd = {k: v.detach().cpu().float().numpy() for k, v in obj.items() if hasattr(v, "detach")}
     else:
         raise ValueError(f"Unrecognised checkpoint {path!r}: expected a .pth/.pt state_dict, an .npz "
@@ -154,11 +143,8 @@ def deit_into_lfvit(sd, h1):
 
 
 def assign(sd, abstract_params, fresh_params=None, allow_missing=()):
-    """Fills a Flax parameter tree from a state_dict, strictly.
-
-    Raises ValueError listing missing, unexpected and mis-shaped keys. Missing paths that start
-    with a prefix in `allow_missing` take their value from `fresh_params`.
-    """
+    """Fills a Flax parameter tree from a state_dict strictly (a ValueError lists missing,
+    unexpected and mis-shaped keys); missing paths under `allow_missing` take `fresh_params`."""
     flat_target = traverse_util.flatten_dict(abstract_params, sep="/")
     flat_fresh = traverse_util.flatten_dict(fresh_params or {}, sep="/")
     out, unexpected, mismatched = {}, [], []
@@ -175,13 +161,9 @@ def assign(sd, abstract_params, fresh_params=None, allow_missing=()):
     missing = [k for k in flat_target if k not in out]
     fresh = [k for k in missing if k.startswith(tuple(allow_missing))]
     missing = [k for k in missing if k not in fresh]
-    problems = []
-    if missing:
-        problems.append(f"missing from the checkpoint: {missing}")
-    if unexpected:
-        problems.append(f"not used by the model: {unexpected}")
-    if mismatched:
-        problems.append(f"shape mismatch: {mismatched}")
+    problems = [f"{what}: {keys}" for what, keys in (("missing from the checkpoint", missing),
+                                                     ("not used by the model", unexpected),
+                                                     ("shape mismatch", mismatched)) if keys]
     if problems:
         raise ValueError("Checkpoint does not match the model config:\n  " + "\n  ".join(problems)
                          + "\nFix the overrides (e.g. img_size, num_classes, num_heads, name) or "
@@ -193,12 +175,9 @@ def assign(sd, abstract_params, fresh_params=None, allow_missing=()):
 
 def load_pretrained(path, allow_pickle=False, **overrides):
     """(model, variables) from an official LF-ViT / CF-ViT checkpoint, a timm DeiT state_dict, or a
-    directory written by `python -m lfvit_jax.convert`.
-
-    Architecture settings are read from the tensor shapes; `overrides` sets the rest (region_size,
-    alpha, beta, gca_blocks, region_method, fusion, reuse_tokens, num_heads, drop_path, name).
-    An override that contradicts the shapes is a ValueError.
-    """
+    directory written by `python -m lfvit_jax.convert`. Architecture settings are read from the
+    tensor shapes; `overrides` sets the rest (region_size, num_heads, name, ...) and must not
+    contradict the shapes."""
     if storage.path(path).is_dir():
         return load_converted(path, **overrides)
     sd = read_state_dict(path, allow_pickle)

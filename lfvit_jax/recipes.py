@@ -26,21 +26,14 @@ def deit_training(config, *, total_epochs=300, selection_start_epoch=231):
     config.warmup_epochs = 5.0
     # Whole-image focus before this epoch, NGCA region selection from it (release: 231 of 300).
     config.selection_start_epoch = float(selection_start_epoch)
-    config.lr = 5e-4
-    config.warmup_lr = 1e-6
-    config.min_lr = 1e-5
-    config.wd = 0.05
-    config.adam_eps = 1e-8
+    config.update(lr=5e-4, warmup_lr=1e-6, min_lr=1e-5, wd=0.05, adam_eps=1e-8)
     config.loss = "ce_kl"  # or 'ce_ce', the paper's ablation
     config.grad_accum = 1
     config.compute_dtype = "bfloat16"  # the release trains with mixed precision
     config.ema_decay = 0.0  # 0 = off; e.g. 0.9998
     config.param_sharding = "replicated"  # or 'fsdp'
-    config.seed = 0
-    config.log_every_steps = 100
-    config.eval_every_epochs = 5.0
-    config.checkpoint_every_steps = 1000
-    config.keep_checkpoints = 3
+    config.update(seed=0, log_every_steps=100, eval_every_epochs=5.0, checkpoint_every_steps=1000,
+                  keep_checkpoints=3)
     config.eval_thresholds = (0.5, 0.6, 0.7, 0.76, 0.8, 0.9, 1.0)
     config.resume = ""  # another workdir to continue from (full state and data stream)
     config.init_from = ""  # params-only start: converted / official LF-ViT or timm DeiT weights
@@ -48,10 +41,9 @@ def deit_training(config, *, total_epochs=300, selection_start_epoch=231):
 
 
 def runlocal(config, given=()):
-    """Eight steps of a tiny model on the embedded cluttered MNIST (64 px): a smoke test of a
-    config's code path on any machine, whatever dataset the full config trains on. `given`: the
-    config arguments set explicitly; an explicit m is kept (it must fit the 4x4 coarse grid), an
-    explicit res is refused (runlocal trains at 64 px)."""
+    """Eight steps of a tiny model on the embedded cluttered MNIST (64 px): a smoke test of any
+    config's code path. `given` (the arguments set explicitly): an explicit m is kept if it fits the
+    4x4 coarse grid, an explicit res is refused."""
     if "res" in given:
         raise UsageError("runlocal trains at 64 px, so it takes no res=...; drop one of them.")
     if "m" in given and not 1 <= config.model.region_size <= RUNLOCAL_COARSE:

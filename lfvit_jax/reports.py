@@ -14,8 +14,7 @@ RESULT_FILE = "eval_result.json"
 
 
 def write_eval(out_dir, arrays, summary, figures):
-    """Writes the arrays, the summary and each {file name: Figure} into `out_dir` (any path
-    epath takes, gs:// included)."""
+    """Writes the arrays, the summary and each {file name: Figure} into `out_dir` (or gs://)."""
     out_dir = epath.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
@@ -55,9 +54,8 @@ def read_arrays(run_dir):
 
 
 def overlays_figure(grid, arrays, images, data_cfg, threshold=0.76, ncols=4):
-    """Region and refined tokens (`geometry.Grid` of the model) over `images`, the first rows
-    of `arrays`, titled with the label, both stages' predictions and the localization
-    confidence; ground-truth boxes are drawn when the dataset has them."""
+    """Regions and refined tokens over `images` (the first rows of `arrays`), titled with label,
+    both stages' predictions and confidence, with ground-truth boxes when the data has them."""
     n = len(images)
     loc, focus = arrays["loc_probs"][:n], arrays["focus_probs"][:n]
     titles = []

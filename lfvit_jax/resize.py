@@ -1,8 +1,6 @@
-"""The localization stage's input: bilinear downsampling with align_corners=True.
-
-This is PyTorch's `interpolate(mode='bilinear', align_corners=True)`, with the interpolation weights
-evaluated in float32 as PyTorch does. `jax.image.resize` samples at half-pixel centres and
-antialiases; that is a different image and changes which region LF-ViT picks.
+"""The localization stage's input: PyTorch's `interpolate(mode='bilinear', align_corners=True)`,
+weights in float32 as PyTorch computes them. `jax.image.resize` samples at half-pixel centres and
+antialiases: a different image, which changes the region LF-ViT picks.
 """
 import jax.numpy as jnp
 import numpy as np

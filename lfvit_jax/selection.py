@@ -1,8 +1,6 @@
-"""Global class attention, region choice (NGCA and the paper's ablations) and top-K token selection.
-
-Everything is static-shape jnp code: the grid (`geometry.Grid`) and K are Python constants, so one
-compilation serves every batch. Ties go to the lowest index (window index for the region, coarse
-index inside the window), matching a stable descending sort.
+"""Global class attention, region choice (NGCA and the paper's ablations) and top-K token selection,
+as static-shape jnp code (grid and K are Python constants: one compilation serves every batch).
+Ties go to the lowest index, matching a stable descending sort.
 """
 import jax
 import jax.numpy as jnp
@@ -17,11 +15,8 @@ def num_kept(m, alpha):
 
 
 def gca_from_attention(cls_rows, beta):
-    """Moving average of class attention over blocks, then the mean over heads.
-
-    cls_rows: (L, B, heads, N) class-token attention rows of the target blocks, in block order.
-    Returns (B, N - 1): the cls->patch entries (cls->cls dropped, no renormalisation).
-    """
+    """Moving average over blocks of the class-token attention rows cls_rows (L, B, heads, N),
+    then the mean over heads: (B, N - 1) cls->patch entries (cls->cls dropped, not renormalised)."""
     b1, b2 = np.float32(beta), np.float32(1.0 - beta)
     g = jnp.zeros_like(cls_rows[0])
     for row in cls_rows:
@@ -47,12 +42,9 @@ def _window_around(token, grid):
 
 
 def choose_region(gca, grid, method="ngca", rng=None):
-    """Picks one m x m window per sample; returns its index (B,) int32.
-
-    ngca: the window of largest summed gca (the release). negative_ngca: the smallest.
-    max_gca / min_gca: the window centred on the single largest / smallest gca token.
-    random: uniform over windows (needs `rng`).
-    """
+    """Index (B,) int32 of one m x m window per sample. ngca: the window of largest summed gca
+    (the release); negative_ngca: the smallest; max_gca / min_gca: the window centred on the
+    largest / smallest gca token; random: uniform over windows (needs `rng`)."""
     if method == "ngca":
         return jnp.argmax(window_scores(gca, grid), axis=1).astype(jnp.int32)
     if method == "negative_ngca":

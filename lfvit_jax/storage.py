@@ -1,15 +1,9 @@
-"""Paths that may live in a bucket (gs://...) or on local disk: the one path layer.
+"""Paths that may live in a bucket (gs://...) or on local disk: the one path layer, `etils.epath`.
 
-Every file the program reads or writes goes through `etils.epath` (gcsfs for gs://, tensorstore
-for orbax's arrays). A URL stays a URL: it never becomes a local folder. Libraries that write only
-to local disk (array_record's writer, tfds's builders) write into `staging(dst)`, whose files are
-uploaded when it closes.
-
-GCS emulators: STORAGE_EMULATOR_HOST (gcsfs, epath, tensorBoard's events),
-TENSORSTORE_GCS_HTTP_URL (orbax's arrays) and CLOUD_STORAGE_EMULATOR_ENDPOINT (array_record's
-reader) point at it. gcsfs first asks GCS over gRPC what kind of bucket it talks to; an emulator
-serves no gRPC, and with credentials the attempt stalls up to 60 s in a failed TLS handshake, so
-with an emulator set that probe is switched off (before gcsfs is imported).
+A URL stays a URL, never a local folder; libraries that write only to local disk (array_record's
+writer, tfds's builders) write into `staging(dst)`, uploaded when it closes. GCS emulators are
+named by STORAGE_EMULATOR_HOST (gcsfs, epath, tensorboard), TENSORSTORE_GCS_HTTP_URL (orbax) and
+CLOUD_STORAGE_EMULATOR_ENDPOINT (array_record's reader).
 """
 import contextlib
 import os
@@ -18,25 +12,21 @@ import tempfile
 
 from etils import epath
 
-EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
-GCSFS_GRPC_PROBE_ENV = "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"
-
-
-def use_emulator_settings():
-    if os.environ.get(EMULATOR_ENV):
-        os.environ.setdefault(GCSFS_GRPC_PROBE_ENV, "false")
+# gcsfs first asks GCS over gRPC what kind of bucket it talks to; an emulator serves no gRPC, and
+# with credentials the attempt stalls up to 60 s in a failed TLS handshake: switch the probe off
+# before gcsfs is imported.
+if os.environ.get("STORAGE_EMULATOR_HOST"):
+    os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
 
 def list_without_cache():
-    """gcsfs keeps every folder listing it fetched, forever by default: a file another process
-    wrote since (a checkpoint, an eval folder, another host's output) stays invisible to
-    exists(), iterdir() and open(). Every listing is fetched anew instead."""
+    """gcsfs keeps every folder listing forever by default, hiding files other processes wrote
+    since (checkpoints, eval folders, other hosts' output): every listing is fetched anew."""
     import fsspec.config
     for protocol in ("gs", "gcs"):
         fsspec.config.conf.setdefault(protocol, {})["use_listings_cache"] = False
 
 
-use_emulator_settings()
 list_without_cache()
 
 
@@ -62,9 +52,8 @@ def files(root):
 
 
 def copy_tree(src, dst, skip_same_size=True):
-    """Copies every file under `src` to the same relative path under `dst` (either may be
-    remote). With `skip_same_size`, a file already at `dst` with the same size is kept, so an
-    interrupted copy resumes. Returns the number of bytes copied."""
+    """Copies every file under `src` to `dst` (either may be remote); returns the bytes copied.
+    With `skip_same_size`, files already there with the same size are kept: a rerun resumes."""
     src, dst = path(src), path(dst)
     copied = 0
     for rel in files(src):
@@ -83,9 +72,8 @@ def copy_tree(src, dst, skip_same_size=True):
 
 @contextlib.contextmanager
 def staging(dst, local=None):
-    """A local folder to write into: `dst` itself when local, else `local` (default: a temporary
-    folder) whose files are uploaded to `dst` when the block ends without an error. A kept
-    `local` folder lets an interrupted job resume; its files already uploaded are skipped."""
+    """A local folder to write into: `dst` itself when local, else `local` (default: temporary),
+    uploaded to `dst` when the block succeeds; a kept `local` lets an interrupted job resume."""
     if not is_remote(dst):
         yield os.fspath(path(dst))
     elif local is not None:

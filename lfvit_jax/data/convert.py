@@ -1,12 +1,9 @@
-"""Writes labelled images into a tfds array_record dataset without TensorFlow, resumably.
-
-Sources: an image-folder tree (`ROOT/<split>/<class>/<image>`, the PyTorch ImageFolder layout)
-or ImageNet's manual-download tars. Each split is cut into shards that are written to a
-temporary name and renamed when complete, with a small marker file next to them; an interrupted
-conversion rerun with the same arguments skips finished shards. The tfds metadata
-(dataset_info.json, features.json) is written last, so a half-written dataset is never taken
-for a prepared one.
+"""Writes an image-folder tree (`ROOT/<split>/<class>/<image>`) or ImageNet's tars as a tfds
+array_record dataset without TensorFlow, resumably: each shard is renamed into place when complete,
+with a marker file that a rerun skips it by, and the tfds metadata is written last, so a
+half-written dataset is never taken for a prepared one.
 """
+import contextlib
 import functools
 import io
 import json
@@ -26,12 +23,9 @@ IMAGENET_LABELS = "datasets/imagenet2012/labels.txt"
 IMAGENET_VAL_LABELS = "datasets/imagenet2012/validation_labels.txt"
 IMAGENET_VERSION = "5.1.0"  # the version tfds's registered imagenet2012 builder reads
 
-# Items of a shard: (file_name, encoded image bytes, integer label).
-Items = Iterable[tuple[str, bytes, int]]
-
-
 class Shard(NamedTuple):
-    items: Callable[[], Items]  # picklable, so shards can be written by worker processes
+    # Yields (file_name, encoded image bytes, label); picklable, for worker processes.
+    items: Callable[[], Iterable[tuple[str, bytes, int]]]
     size: Optional[int]  # number of items when known in advance (for the progress bar)
 
 
@@ -39,15 +33,12 @@ def image_features(class_names):
     return tfds.features.FeaturesDict({
         "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
         "label": tfds.features.ClassLabel(names=class_names),
-        "file_name": tfds.features.Text(),
-    })
+        "file_name": tfds.features.Text()})
 
 
 def checked_jpeg(data, file_name, on_corrupt):
-    """Returns JPEG bytes of a readable image (re-encoding other formats and CMYK), or None.
-
-    None means the image is corrupt and `on_corrupt == 'skip'`; with 'error' it raises.
-    """
+    """JPEG bytes of a readable image (other formats and CMYK re-encoded); a corrupt one gives
+    None with on_corrupt='skip' and raises with 'error'."""
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
@@ -99,10 +90,7 @@ def _write_shard_job(job):
 
 def write_dataset(data_dir, name, splits, class_names, *, version="1.0.0", on_corrupt="skip",
                   workers=0):
-    """Writes `splits` ({split: [Shard]}) as tfds dataset `name` under `data_dir`.
-
-    Returns {split: number of skipped corrupt images}. Rerunning after an interruption resumes.
-    """
+    """Writes `splits` ({split: [Shard]}) as tfds `name`; returns skipped images per split."""
     if on_corrupt not in ("skip", "error"):
         raise ValueError(f"on_corrupt must be 'skip' or 'error', got {on_corrupt!r}.")
     out_dir = os.path.join(os.path.expanduser(data_dir), name, version)
@@ -119,15 +107,16 @@ def write_dataset(data_dir, name, splits, class_names, *, version="1.0.0", on_co
     total = sum(sizes) if None not in sizes else None
     skipped = {split: [] for split in splits}
     lengths = {split: [] for split in splits}
-    bar = tqdm(total=total, unit="img", desc=f"Converting {name}")
-    with multiprocessing.get_context("spawn").Pool(workers) if workers else _Inline() as pool:
-        for (split, *_), (marker, reused) in zip(jobs, pool.imap(_write_shard_job, jobs)):
+    pool = multiprocessing.get_context("spawn").Pool(workers) if workers else None
+    with tqdm(total=total, unit="img", desc=f"Converting {name}") as bar, (
+            pool or contextlib.nullcontext()):
+        results = pool.imap(_write_shard_job, jobs) if pool else map(_write_shard_job, jobs)
+        for (split, *_), (marker, reused) in zip(jobs, results):
             skipped[split] += marker["skipped"]
             lengths[split].append(marker["num_examples"])
             bar.update(marker["num_examples"] + len(marker["skipped"]))
             if reused:
                 bar.set_postfix_str("resumed")
-    bar.close()
     # Split infos from our own counts: tfds would compute them with TensorFlow.
     split_infos = [
         tfds.core.SplitInfo(
@@ -146,19 +135,6 @@ def write_dataset(data_dir, name, splits, class_names, *, version="1.0.0", on_co
             logging.warning("Skipped %d corrupt images in split %r: %s", len(names), split,
                             ", ".join(names[:10]) + (" ..." if len(names) > 10 else ""))
     return {split: len(names) for split, names in skipped.items()}
-
-
-class _Inline:
-    """The single-process stand-in for a multiprocessing pool."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def imap(self, fn, jobs):
-        return map(fn, jobs)
 
 
 def _read_files(entries):
@@ -215,8 +191,7 @@ def _read_at(path, offset, size):
 
 
 def _read_val_chunk(path, entries):
-    for name, offset, size, label in entries:
-        yield name, _read_at(path, offset, size), label
+    return ((name, _read_at(path, offset, size), label) for name, offset, size, label in entries)
 
 
 def _read_class_tar(path, offset, size, label):
@@ -227,8 +202,7 @@ def _read_class_tar(path, offset, size, label):
 
 
 def imagenet_splits(manual_dir, examples_per_shard=1024):
-    """Shards of ILSVRC2012_img_train.tar (one per class tar) and ILSVRC2012_img_val.tar,
-    labelled as tfds's imagenet2012 labels them. Returns (splits dict, class_names)."""
+    """(splits, class_names) of ILSVRC2012_img_{train,val}.tar, labelled as tfds's imagenet2012."""
     with open(tfds.core.tfds_path(IMAGENET_LABELS)) as f:
         class_names = f.read().split()
     train = os.path.join(manual_dir, "ILSVRC2012_img_train.tar")

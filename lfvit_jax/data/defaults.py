@@ -8,49 +8,31 @@ def _common(**overrides):
     cfg = dict(
         name="",
         data_dir="",  # local or gs://; empty: $LFVIT_DATA_DIR, else ~/tensorflow_datasets
-        image_key="image",
-        label_key="label",
-        image_size=224,
-        num_classes=0,
-        train_split="train",
-        eval_split="validation",
+        image_key="image", label_key="label", image_size=224, num_classes=0,
+        train_split="train", eval_split="validation",
         workers=0,  # grain worker processes that decode and augment; 0 = in the main process
         worker_buffer_size=2,
         prefetch=2,  # with workers=0: training batches built ahead on a thread; 0 = on demand
         # grain's read-ahead threads per reader: its default (16 threads, 500 records) costs
         # more than array_record reads from a local disk on a few cores; raise for remote data.
-        read_threads=0,
-        read_buffer_size=0,
+        read_threads=0, read_buffer_size=0,
         # Training augmentation (DeiT / timm names).
-        random_resized_crop=True,
-        crop_scale=(0.08, 1.0),
-        hflip=0.5,
-        rand_augment="",
+        random_resized_crop=True, crop_scale=(0.08, 1.0), hflip=0.5, rand_augment="",
         color_jitter=0.0,  # as timm: only applied when rand_augment is off
-        reprob=0.0,
-        mixup=0.0,
-        cutmix=0.0,
-        mixup_switch_prob=0.5,
-        label_smoothing=0.0,
+        reprob=0.0, mixup=0.0, cutmix=0.0, mixup_switch_prob=0.5, label_smoothing=0.0,
         repeated_aug=1,
         # Evaluation view: shorter side to image_size / crop_pct, centre crop image_size.
-        crop_pct=0.875,
-        interpolation="bicubic",
-        mean=augment.IMAGENET_MEAN,
-        std=augment.IMAGENET_STD,
+        crop_pct=0.875, interpolation="bicubic",
+        mean=augment.IMAGENET_MEAN, std=augment.IMAGENET_STD,
         on_corrupt="skip",  # 'skip' (count and warn) or 'error'
     )
-    cfg.update(overrides)
-    return ml_collections.ConfigDict(cfg)
+    return ml_collections.ConfigDict({**cfg, **overrides})
 
 
 def cluttered_mnist_config():
-    """64 px canvases, one digit among clutter; fresh placements are the augmentation.
-
-    No crop or flip (digits are not mirror-symmetric), no mixup. Pixels map to [-1, 1]
-    (mean = std = 0.5 per replicated channel): the canvases are mostly black, so MNIST's own
-    statistics would not centre them either.
-    """
+    """64 px canvases whose fresh placements are the augmentation: no crop or flip (digits are
+    not mirror-symmetric), no mixup. Pixels map to [-1, 1]: the canvases are mostly black, so
+    MNIST's own statistics would not centre them either."""
     return _common(
         name="cluttered_mnist", image_size=64, num_classes=10, eval_split="test",
         random_resized_crop=False, hflip=0.0, label_smoothing=0.1, crop_pct=1.0,

@@ -1,17 +1,10 @@
 """tfds (array_record) -> grain input pipelines for training and evaluation, without TensorFlow.
 
-Training: each process reads its own shard of a per-epoch shuffled, endlessly repeated order,
-decodes and augments per example with an RNG keyed on (seed, global position), batches with
-drop-remainder, then mixes the batch (mixup/cutmix + label smoothing). Everything random derives
-from the seed and the position, so the grain iterator state (the position) is all a checkpoint
-needs to resume the exact stream. With `workers` > 0 each grain worker builds whole batches from
-every workers-th position: same examples and augmentations, grouped differently; grain rejects
-a state saved under another worker count. With `prefetch` > 0 a background thread builds that many
-batches ahead of the training step (the step runs in XLA without the GIL); grain's own workers
-already do that, so it applies with `workers` = 0.
-
-Evaluation: the split is padded to a whole number of global batches; process p takes the
-positions p, p + P, p + 2P, ...; padding examples carry `_mask = False`.
+Training: each process reads its shard of a per-epoch shuffled, endlessly repeated order. Every
+random choice derives from (seed, global position), so the grain iterator state (the position) is
+all a checkpoint needs to resume the exact stream. grain workers group the same examples into
+batches differently, so a state saved under another worker count is rejected. Evaluation: the split
+is padded to whole global batches, process p takes positions p, p + P, ...; padding has _mask False.
 """
 import io
 import logging
@@ -31,23 +24,13 @@ from PIL import Image
 from lfvit_jax import storage
 from lfvit_jax.data import augment, cluttered_mnist, randaugment
 
-DATA_DIR_ENV = "LFVIT_DATA_DIR"
 _PREPARE = "python -m lfvit_jax.data.prepare"
 
 
 def data_dir(data_cfg):
     """The config's data_dir, else $LFVIT_DATA_DIR, else ~/tensorflow_datasets."""
-    path = data_cfg.data_dir or os.environ.get(DATA_DIR_ENV) or "~/tensorflow_datasets"
+    path = data_cfg.data_dir or os.environ.get("LFVIT_DATA_DIR") or "~/tensorflow_datasets"
     return os.path.expanduser(path)
-
-
-def _prepare_hint(name, directory):
-    if name == "imagenet2012":
-        return (f"{_PREPARE} imagenet2012 --manual_dir DIR_WITH_ILSVRC2012_TARS "
-                f"--data_dir {directory}  (or, from an image-folder tree: {_PREPARE} folder "
-                f"ROOT --name imagenet2012 --data_dir {directory})")
-    return (f"{_PREPARE} tfds {name} --data_dir {directory}  (or, from an image-folder tree: "
-            f"{_PREPARE} folder ROOT --name {name} --data_dir {directory})")
 
 
 def prepared_builder(data_cfg):
@@ -73,15 +56,18 @@ def prepared_builder(data_cfg):
     except tfds.core.registered.DatasetNotFoundError:
         builder = None
     if builder is None or not builder.is_prepared():
-        raise FileNotFoundError(f"Dataset {name!r} is not prepared under {directory}. "
-                                f"Prepare it with: {_prepare_hint(name, directory)}")
+        command = ("imagenet2012 --manual_dir DIR_WITH_ILSVRC2012_TARS" if name == "imagenet2012"
+                   else f"tfds {name}")
+        raise FileNotFoundError(
+            f"Dataset {name!r} is not prepared under {directory}. Prepare it with: {_PREPARE} "
+            f"{command} --data_dir {directory}  (or, from an image-folder tree: {_PREPARE} "
+            f"folder ROOT --name {name} --data_dir {directory})")
     return builder
 
 
 def _source(data_cfg, builder, split):
     # An unknown split is a ValueError from tfds that lists the splits.
-    return builder.as_data_source(
-        split, decoders={data_cfg.image_key: tfds.decode.SkipDecoding()})
+    return builder.as_data_source(split, decoders={data_cfg.image_key: tfds.decode.SkipDecoding()})
 
 
 def _num_classes(data_cfg, builder):
@@ -118,19 +104,22 @@ def get_dataset_info(data_cfg):
                 eval_examples=len(_source(data_cfg, builder, data_cfg.eval_split)))
 
 
-def _processes(process_index, process_count):
+def _check(data_cfg, global_batch_size, process_index, process_count):
+    """(process_index, process_count, per-process batch), checked; None means this process."""
+    if data_cfg.on_corrupt not in ("skip", "error"):
+        raise ValueError(f"on_corrupt must be 'skip' or 'error', got {data_cfg.on_corrupt!r}.")
+    if data_cfg.workers and not flags.FLAGS.is_parsed():
+        # grain 0.2.18 reads its absl flags when it starts workers; outside an absl app
+        # (tests, notebooks) nothing has parsed them, so take their defaults.
+        flags.FLAGS.mark_as_parsed()
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} is outside [0, {process_count}).")
-    return process_index, process_count
-
-
-def _local_batch(global_batch_size, process_count):
     if global_batch_size <= 0 or global_batch_size % process_count:
         raise ValueError(f"Global batch size {global_batch_size} must be a positive multiple "
                          f"of the process count {process_count}.")
-    return global_batch_size // process_count
+    return process_index, process_count, global_batch_size // process_count
 
 
 def decode(data, file_hint, on_corrupt):
@@ -155,15 +144,10 @@ def _check_label(label, num_classes, where):
 
 
 class TrainSampler:
-    """Per-epoch shuffled order, repeated forever, with DeiT's repeated augmentation.
-
-    Global position g is in epoch g // E, E = (N // P) * P. Within an epoch, the order is a
-    permutation of the records with each entry repeated `repeats` times, so position k holds
-    record perm[k // repeats]; process p gets the positions = p (mod P). With repeats = 1 the
-    process shards are disjoint and cover all but N mod P records each epoch; with repeats = 3
-    every epoch shows N / 3 distinct images three times, copies landing on different processes,
-    as DeiT's RASampler does. Each position gets its own RNG for augmentation.
-    """
+    """Per-epoch shuffled order, repeated forever, with DeiT's repeated augmentation: position g
+    is in epoch g // E, E = (N // P) * P, and holds record perm[(g mod E) // repeats]; process p
+    gets the positions = p (mod P). With repeats = 3 every epoch shows N / 3 distinct images three
+    times, copies landing on different processes, as DeiT's RASampler does."""
 
     def __init__(self, num_records, process_count, seed, repeats=1):
         if num_records < process_count:
@@ -173,7 +157,7 @@ class TrainSampler:
         self.epoch_length = num_records // process_count * process_count
         self._perm_epoch, self._perm = None, None
 
-    def __repr__(self):
+    def __repr__(self):  # grain checks a restored iterator state against repr(sampler)
         return (f"TrainSampler(num_records={self.num_records}, process_count="
                 f"{self.process_count}, seed={self.seed}, repeats={self.repeats})")
 
@@ -198,9 +182,6 @@ class EvalSampler:
     def __init__(self, num_records, padded):
         self.num_records, self.padded = num_records, padded
 
-    def __repr__(self):
-        return f"EvalSampler(num_records={self.num_records}, padded={self.padded})"
-
     def __len__(self):
         return self.padded
 
@@ -215,9 +196,6 @@ class PaddedSource:
 
     def __init__(self, source):
         self.source = source
-
-    def __repr__(self):
-        return f"PaddedSource({self.source!r})"
 
     def __len__(self):
         return len(self.source) + 1
@@ -272,15 +250,12 @@ class MixBatch(grain.RandomMapTransform):
     """Per-batch mixup/cutmix and label smoothing; labels become float32 soft targets."""
 
     def __init__(self, data_cfg, num_classes):
-        self.num_classes = num_classes
-        self.mixup, self.cutmix = data_cfg.mixup, data_cfg.cutmix
-        self.switch_prob, self.smoothing = data_cfg.mixup_switch_prob, data_cfg.label_smoothing
+        self.kwargs = dict(num_classes=num_classes, mixup=data_cfg.mixup, cutmix=data_cfg.cutmix,
+                           switch_prob=data_cfg.mixup_switch_prob,
+                           smoothing=data_cfg.label_smoothing)
 
     def random_map(self, batch, rng):
-        images, targets = augment.mixup_cutmix(
-            batch["image"], batch["label"], rng, num_classes=self.num_classes,
-            mixup=self.mixup, cutmix=self.cutmix, switch_prob=self.switch_prob,
-            smoothing=self.smoothing)
+        images, targets = augment.mixup_cutmix(batch["image"], batch["label"], rng, **self.kwargs)
         return {"image": images, "label": targets}
 
 
@@ -315,39 +290,25 @@ class EvalExample(grain.MapTransform):
         return out
 
 
-def _check_config(data_cfg):
-    if data_cfg.on_corrupt not in ("skip", "error"):
-        raise ValueError(f"on_corrupt must be 'skip' or 'error', got {data_cfg.on_corrupt!r}.")
-    if data_cfg.workers and not flags.FLAGS.is_parsed():
-        # grain 0.2.18 reads its absl flags when it starts workers; outside an absl app
-        # (tests, notebooks) nothing has parsed them, so take their defaults.
-        flags.FLAGS.mark_as_parsed()
-
-
-def _read_options(data_cfg):
-    return grain.ReadOptions(num_threads=data_cfg.read_threads,
-                             prefetch_buffer_size=data_cfg.read_buffer_size)
+def _loader(data_cfg, source, sampler, operations, process_index, process_count):
+    return grain.DataLoader(
+        data_source=source, sampler=sampler, operations=operations,
+        worker_count=data_cfg.workers, worker_buffer_size=data_cfg.worker_buffer_size,
+        read_options=grain.ReadOptions(num_threads=data_cfg.read_threads,
+                                       prefetch_buffer_size=data_cfg.read_buffer_size),
+        shard_options=grain.ShardOptions(process_index, process_count, drop_remainder=True))
 
 
 class Prefetch:
-    """Runs a grain iterator `depth` batches ahead on a background thread, keeping its
-    get_state/set_state: the state is the one after the last batch handed out, so a checkpoint
-    resumes exactly where training was, not where the thread was."""
+    """Runs a grain iterator `depth` batches ahead on a thread. Its state is the one after the last
+    batch handed out, so a checkpoint resumes where training was, not where the thread was."""
 
     def __init__(self, iterator, depth):
         self._it, self._depth = iterator, depth
-        self._thread = self._queue = self._stop = None
-        self._state = None
+        self._thread = self._queue = self._stop = self._state = None
 
     def __iter__(self):
         return self
-
-    def _start(self):
-        self._state = self._it.get_state()  # read before the thread runs: never concurrently
-        self._queue, self._stop = queue.Queue(self._depth), threading.Event()
-        self._thread = threading.Thread(target=self._produce, args=(self._queue, self._stop),
-                                        daemon=True, name="lfvit-prefetch")
-        self._thread.start()
 
     def _produce(self, out, stop):
         try:
@@ -364,7 +325,11 @@ class Prefetch:
 
     def __next__(self):
         if self._thread is None:
-            self._start()
+            self._state = self._it.get_state()  # read before the thread runs: never concurrently
+            self._queue, self._stop = queue.Queue(self._depth), threading.Event()
+            self._thread = threading.Thread(target=self._produce, args=(self._queue, self._stop),
+                                            daemon=True, name="lfvit-prefetch")
+            self._thread.start()
         batch, state, error = self._queue.get()
         if error is not None:
             self._halt()
@@ -394,11 +359,9 @@ class Prefetch:
 
 
 def train_iterator(data_cfg, global_batch_size, *, seed, process_index=None, process_count=None):
-    """Endless iterator of this process's training batches: {'image' (B, S, S, 3) float32,
-    'label' (B, num_classes) float32 soft targets}. Supports get_state()/set_state()."""
-    _check_config(data_cfg)
-    process_index, process_count = _processes(process_index, process_count)
-    local_batch = _local_batch(global_batch_size, process_count)
+    """Endless, resumable iterator of this process's batches: images and soft-target labels."""
+    process_index, process_count, local_batch = _check(data_cfg, global_batch_size,
+                                                       process_index, process_count)
     if (data_cfg.mixup > 0 or data_cfg.cutmix > 0) and local_batch % 2:
         raise ValueError(f"Mixup/cutmix pair each example with its mirror in the batch, so the "
                          f"per-process batch must be even; got {local_batch}.")
@@ -411,16 +374,11 @@ def train_iterator(data_cfg, global_batch_size, *, seed, process_index=None, pro
     if data_cfg.name == "cluttered_mnist":  # train records are bare digits; canvases come here
         clutter_pool = np.stack([np.asarray(Image.open(io.BytesIO(r["image"])))
                                  for r in read_all(data_cfg, builder, data_cfg.train_split)])
-    loader = grain.DataLoader(
-        data_source=source,
-        sampler=TrainSampler(len(source), process_count, seed, data_cfg.repeated_aug),
-        operations=[TrainExample(data_cfg, num_classes, clutter_pool), NotCorrupt(),
-                    grain.Batch(local_batch, drop_remainder=True),
-                    MixBatch(data_cfg, num_classes)],
-        worker_count=data_cfg.workers,
-        worker_buffer_size=data_cfg.worker_buffer_size,
-        read_options=_read_options(data_cfg),
-        shard_options=grain.ShardOptions(process_index, process_count, drop_remainder=True))
+    loader = _loader(
+        data_cfg, source, TrainSampler(len(source), process_count, seed, data_cfg.repeated_aug),
+        [TrainExample(data_cfg, num_classes, clutter_pool), NotCorrupt(),
+         grain.Batch(local_batch, drop_remainder=True), MixBatch(data_cfg, num_classes)],
+        process_index, process_count)
     if data_cfg.prefetch and not data_cfg.workers:  # grain's workers already run ahead
         return Prefetch(iter(loader), data_cfg.prefetch)
     return iter(loader)
@@ -428,27 +386,20 @@ def train_iterator(data_cfg, global_batch_size, *, seed, process_index=None, pro
 
 def eval_iterator(data_cfg, global_batch_size, *, split=None, process_index=None,
                   process_count=None):
-    """This process's evaluation batches: 'image', 'label' int32, '_mask' bool (False for
-    padding), and 'bbox' for datasets that store one. Every process yields the same number of
-    batches; every example appears exactly once across processes."""
-    _check_config(data_cfg)
-    process_index, process_count = _processes(process_index, process_count)
-    local_batch = _local_batch(global_batch_size, process_count)
+    """This process's eval batches ('image', 'label', '_mask' False for padding, 'bbox' if stored);
+    every process yields as many batches, and every example appears once across processes."""
+    process_index, process_count, local_batch = _check(data_cfg, global_batch_size,
+                                                       process_index, process_count)
     builder = prepared_builder(data_cfg)
     split = split or data_cfg.eval_split
     source = _source(data_cfg, builder, split)
     padded = math.ceil(len(source) / global_batch_size) * global_batch_size
-    loader = grain.DataLoader(
-        data_source=PaddedSource(source),
-        sampler=EvalSampler(len(source), padded),
-        # Batched here, not by grain: grain workers each batch their own positions, which
-        # would leave a partial batch per worker and break the equal batch counts.
-        operations=[EvalExample(data_cfg, _num_classes(data_cfg, builder),
-                                "bbox" in builder.info.features)],
-        worker_count=data_cfg.workers,
-        worker_buffer_size=data_cfg.worker_buffer_size,
-        read_options=_read_options(data_cfg),
-        shard_options=grain.ShardOptions(process_index, process_count, drop_remainder=True))
+    # Batched here, not by grain: grain workers each batch their own positions, which would
+    # leave a partial batch per worker and break the equal batch counts.
+    loader = _loader(
+        data_cfg, PaddedSource(source), EvalSampler(len(source), padded),
+        [EvalExample(data_cfg, _num_classes(data_cfg, builder), "bbox" in builder.info.features)],
+        process_index, process_count)
     return _batches(iter(loader), local_batch, f"{data_cfg.name}/{split}")
 
 
@@ -465,8 +416,7 @@ def _batches(examples, batch_size, where):
 
 
 class Dataset:
-    """A config's dataset as the training loop and evaluation use it: its sizes and iterators.
-    Nothing is opened until asked for; evaluation opens only its split."""
+    """A config's dataset as training and evaluation use it: sizes and lazily opened iterators."""
 
     def __init__(self, data_cfg):
         self.cfg = data_cfg
@@ -483,10 +433,8 @@ class Dataset:
 
 
 def class_names(data_cfg):
-    """Class names known without opening the dataset (tfds's ImageNet label file, the digits of
-    cluttered MNIST), else None."""
+    """Class names known without opening the dataset (ImageNet, cluttered MNIST), else None."""
     if data_cfg.name == "imagenet2012":
-        import tensorflow_datasets as tfds
         from lfvit_jax.data.convert import IMAGENET_LABELS
         return tfds.core.tfds_path(IMAGENET_LABELS).read_text().split()
     if data_cfg.name == "cluttered_mnist":

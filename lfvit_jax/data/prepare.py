@@ -6,15 +6,11 @@
   python -m lfvit_jax.data.prepare tfds NAME [--data_dir DIR]
   python -m lfvit_jax.data.prepare copy NAME --source gs://BUCKET/data [--data_dir DIR]
 
-cluttered_mnist: the embedded dataset (seconds, offline). folder: a ROOT/<split>/<class>/<image>
-tree (PyTorch layout; 'val' is stored as 'validation'), resumable. imagenet2012:
-ILSVRC2012_img_{train,val}.tar labelled as tfds's imagenet2012, resumable. tfds: any tfds dataset
-by name through its own builder (many builders need TensorFlow to generate; reading never does).
-copy: a prepared dataset NAME from --source to --data_dir (e.g. from a bucket to this host's disk);
-files already there with the right size are kept, so rerunning it is cheap.
-
---data_dir may be a bucket (gs://...): the dataset is written on local disk first (a temporary
-folder, or --staging_dir to keep it and resume an interrupted conversion), then uploaded.
+cluttered_mnist is embedded (seconds, offline); folder reads ROOT/<split>/<class>/<image> ('val'
+is stored as 'validation'); folder and imagenet2012 resume when rerun; tfds uses the dataset's own
+builder (many need TensorFlow to generate, reading never does); copy keeps files already there with
+the right size. A gs:// --data_dir is written on local disk first (a temporary folder, or
+--staging_dir to resume an interrupted conversion), then uploaded.
 """
 import logging
 import sys
@@ -23,7 +19,7 @@ import ml_collections
 import tensorflow_datasets as tfds
 from absl import app, flags
 
-from lfvit_jax import storage
+from lfvit_jax import cli, storage
 from lfvit_jax.data import convert, pipeline
 
 
@@ -38,26 +34,27 @@ def _folder_version(name):
 
 
 FLAGS = flags.FlagValues()  # its own: tests and other entry points define flags too
+_F = dict(flag_values=FLAGS)
 flags.DEFINE_string("data_dir", None, "tfds data dir, local or gs:// (default: $LFVIT_DATA_DIR, "
-                    "else ~/tensorflow_datasets)", flag_values=FLAGS)
+                    "else ~/tensorflow_datasets)", **_F)
 flags.DEFINE_string("staging_dir", None, "with a gs:// --data_dir: the local folder written "
-                    "before the upload (default: a temporary one)", flag_values=FLAGS)
-flags.DEFINE_string("source", None, "copy: the tfds data dir (local or gs://) that holds NAME",
-                    flag_values=FLAGS)
-flags.DEFINE_string("name", None, "folder: the dataset name to read it by", flag_values=FLAGS)
+                    "before the upload (default: a temporary one)", **_F)
+flags.DEFINE_string("source", None, "copy: the data dir (local or gs://) that holds NAME", **_F)
+flags.DEFINE_string("name", None, "folder: the dataset name to read it by", **_F)
 flags.DEFINE_list("splits", None, "folder: split folders (default: all); classes come from the "
-                  "first", flag_values=FLAGS)
-flags.DEFINE_string("manual_dir", None, "imagenet2012: the folder with the ILSVRC2012 tars",
-                    flag_values=FLAGS)
-flags.DEFINE_integer("workers", 0, "folder/imagenet2012: processes writing shards",
-                     flag_values=FLAGS)
+                  "first", **_F)
+flags.DEFINE_string("manual_dir", None, "imagenet2012: the folder with the ILSVRC2012 tars", **_F)
+flags.DEFINE_integer("workers", 0, "folder/imagenet2012: processes writing shards", **_F)
 flags.DEFINE_enum("on_corrupt", "skip", ["skip", "error"], "skip unreadable images (reported "
-                  "at the end) or stop", flag_values=FLAGS)
-flags.DEFINE_integer("examples_per_shard", 1024, "records per array_record shard",
-                     flag_values=FLAGS)
+                  "at the end) or stop", **_F)
+flags.DEFINE_integer("examples_per_shard", 1024, "records per array_record shard", **_F)
 flags.DEFINE_integer("verbosity", 0, "1 or more: library logs, and a traceback with any error",
-                     short_name="v", flag_values=FLAGS)
-COMMANDS = {"cluttered_mnist": 0, "folder": 1, "imagenet2012": 0, "tfds": 1, "copy": 1}  # positional args
+                     short_name="v", **_F)
+COMMANDS = {"cluttered_mnist": 0, "folder": 1, "imagenet2012": 0, "tfds": 1, "copy": 1}  # arguments
+REQUIRED = {  # the flag a command needs, and what it names
+    "folder": ("name", "the dataset name to read it by"),
+    "imagenet2012": ("manual_dir", "the folder with the ILSVRC2012_img_{train,val}.tar files"),
+    "copy": ("source", "the data dir that holds the dataset")}
 
 
 def main(argv):
@@ -66,13 +63,9 @@ def main(argv):
     command, *rest = FLAGS(["prepare"] + list(argv))[1:] or [None]
     if command not in COMMANDS or len(rest) != COMMANDS[command]:
         raise app.UsageError(f"Give one command and its argument: {sorted(COMMANDS)}.")
-    if command == "folder" and not FLAGS.name:
-        raise app.UsageError("folder needs --name: the dataset name to read it by.")
-    if command == "imagenet2012" and not FLAGS.manual_dir:
-        raise app.UsageError("imagenet2012 needs --manual_dir: the folder with the "
-                             "ILSVRC2012_img_{train,val}.tar files.")
-    if command == "copy" and not FLAGS.source:
-        raise app.UsageError("copy needs --source: the data dir that holds the dataset.")
+    flag, what = REQUIRED.get(command, (None, None))
+    if flag and not FLAGS[flag].value:
+        raise app.UsageError(f"{command} needs --{flag}: {what}.")
     logging.basicConfig(level=logging.INFO)
     data_dir = pipeline.data_dir(ml_collections.ConfigDict({"data_dir": FLAGS.data_dir}))
     if command == "copy":
@@ -99,8 +92,7 @@ def prepare(command, rest, data_dir):
         print(builder.data_dir)
     else:
         if command == "folder":
-            splits, classes = convert.folder_splits(rest[0], FLAGS.splits,
-                                                    FLAGS.examples_per_shard)
+            splits, classes = convert.folder_splits(rest[0], FLAGS.splits, FLAGS.examples_per_shard)
             name, version = FLAGS.name, _folder_version(FLAGS.name)
         else:
             splits, classes = convert.imagenet_splits(FLAGS.manual_dir, FLAGS.examples_per_shard)
@@ -120,5 +112,4 @@ def _run():
 
 
 if __name__ == "__main__":
-    from lfvit_jax import cli
     sys.exit(cli.guarded(_run))  # other failures: one message, exit 1

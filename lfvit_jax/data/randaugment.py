@@ -1,9 +1,7 @@
-"""RandAugment as timm defines it for DeiT (`rand-m9-mstd0.5-inc1`), on PIL images.
-
-Each of `n` layers picks an op (with replacement) and applies it with probability `p`, at a
-magnitude drawn from N(m, mstd) clipped to [0, 10]. `inc1` selects the variants whose strength
-grows with the magnitude (posterize/solarize/enhance). Geometric ops fill with the dataset
-mean and resample bicubically, as DeiT's hparams do.
+"""RandAugment as timm defines it for DeiT (`rand-m9-mstd0.5-inc1`), on PIL images: each of `n`
+layers applies a random op with probability `p` at a magnitude from N(m, mstd) clipped to [0, 10];
+`inc1` picks the ops whose strength grows with the magnitude. Geometric ops fill with the dataset
+mean, as DeiT's hparams do.
 """
 import re
 
@@ -30,22 +28,20 @@ def _rotate(img, level, rng, ctx):
                       fillcolor=ctx["fill"])
 
 
-def _shear_x(img, level, rng, ctx):
-    return _affine(img, (1, _signed(rng, level / _MAX_LEVEL * 0.3), 0, 0, 1, 0), ctx)
+def _shear(horizontal):
+    def op(img, level, rng, ctx):
+        s = _signed(rng, level / _MAX_LEVEL * 0.3)
+        return _affine(img, (1, s, 0, 0, 1, 0) if horizontal else (1, 0, 0, s, 1, 0), ctx)
+    return op
 
 
-def _shear_y(img, level, rng, ctx):
-    return _affine(img, (1, 0, 0, _signed(rng, level / _MAX_LEVEL * 0.3), 1, 0), ctx)
-
-
-def _translate_x(img, level, rng, ctx):
-    pixels = _signed(rng, level / _MAX_LEVEL * _TRANSLATE_PCT) * img.width
-    return _affine(img, (1, 0, pixels, 0, 1, 0), ctx)
-
-
-def _translate_y(img, level, rng, ctx):
-    pixels = _signed(rng, level / _MAX_LEVEL * _TRANSLATE_PCT) * img.height
-    return _affine(img, (1, 0, 0, 0, 1, pixels), ctx)
+def _translate(horizontal):
+    def op(img, level, rng, ctx):
+        fraction = _signed(rng, level / _MAX_LEVEL * _TRANSLATE_PCT)
+        if horizontal:
+            return _affine(img, (1, 0, fraction * img.width, 0, 1, 0), ctx)
+        return _affine(img, (1, 0, 0, 0, 1, fraction * img.height), ctx)
+    return op
 
 
 def _posterize(img, level, rng, ctx):
@@ -84,10 +80,10 @@ OPS = {
     "ContrastIncreasing": _enhance(ImageEnhance.Contrast),
     "BrightnessIncreasing": _enhance(ImageEnhance.Brightness),
     "SharpnessIncreasing": _enhance(ImageEnhance.Sharpness),
-    "ShearX": _shear_x,
-    "ShearY": _shear_y,
-    "TranslateXRel": _translate_x,
-    "TranslateYRel": _translate_y,
+    "ShearX": _shear(True),
+    "ShearY": _shear(False),
+    "TranslateXRel": _translate(True),
+    "TranslateYRel": _translate(False),
 }
 
 
