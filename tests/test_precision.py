@@ -111,6 +111,17 @@ def test_bfloat16_matmul_rounds_operands_and_accumulates_float32():
     np.testing.assert_allclose(out, rounded, rtol=1e-5, atol=1e-4)  # float32 sums of exact products
 
 
+def test_bfloat16_gelu_uses_an_erf_as_accurate_as_xlas():
+    import math
+    from lfvit_jax.models.vit import gelu
+    x = np.linspace(-7, 7, 20001, dtype=np.float32)
+    true = np.array([math.erf(v) for v in x.astype(np.float64)])
+    assert np.abs(np.asarray(jax.jit(precision.erf)(x), np.float64) - true).max() < 4e-7
+    exact = jax.jit(lambda x: nn.gelu(x, approximate=False))(x)
+    np.testing.assert_array_equal(gelu(x), exact)  # float32: flax's exact GELU itself
+    np.testing.assert_allclose(gelu(x, "bfloat16"), exact, rtol=0, atol=2e-6)
+
+
 def test_bfloat16_training_keeps_float32_state_and_gradients_close():
     config = train_fakes.tiny_config()
     info = train_fakes.get_dataset_info(config.data)
