@@ -111,15 +111,9 @@ class HeadsQKV(nn.Module):
         h, d = self.num_heads, c // self.num_heads
         kernel = self.param("kernel", DENSE_INITS[self.dense_init], (c, 3 * c))
         bias = self.param("bias", nn.initializers.zeros, (3 * c,))
-        if self.matmul_dtype == "float32":
-            qkv = precision.einsum("bnc,cthd->tbhnd", x, kernel.reshape(c, 3, h, d),
-                                   self.matmul_dtype)
-            return qkv + bias.reshape(3, 1, h, 1, d)
-        # bfloat16: XLA's bf16 kernels take the plain (B N, C) @ (C, 3C) product as it is, where
-        # the einsum above transposes the kernel and the tokens in every call; the head split
-        # then moves the output once.
-        qkv = precision.dense(x, kernel, bias, self.matmul_dtype)
-        return qkv.reshape(x.shape[:2] + (3, h, d)).transpose(2, 0, 3, 1, 4)
+        qkv = precision.einsum("bnc,cthd->tbhnd", x, kernel.reshape(c, 3, h, d),
+                               self.matmul_dtype)
+        return qkv + bias.reshape(3, 1, h, 1, d)
 
 
 class HeadsProj(nn.Module):
