@@ -80,10 +80,8 @@ class Patchify(nn.Module):
         x = x.reshape(b, (h // p) * (w // p), p * p * c)
         if index is not None:
             x = jnp.take_along_axis(x, index[:, :, None], axis=1)
-        kernel = kernel.reshape(p * p * c, self.features)
-        if self.matmul_dtype == "float32":
-            return x @ kernel + bias
-        return precision.einsum("bnk,kf->bnf", x, kernel, self.matmul_dtype) + bias
+        return precision.dense(x, kernel.reshape(p * p * c, self.features), bias,
+                               self.matmul_dtype)
 
 
 class PatchEmbed(nn.Module):
