@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 import train_fakes
-from lfvit_jax import load_pretrained, parallel, selection, tasks, train, workdir
+from lfvit_jax import parallel, selection, tasks, train, workdir
 from lfvit_jax.models import precision
 from lfvit_jax.models.vit import Dense
-from test_parity import DATA, DUMPS, load_dump
+from test_parity import DUMPS, load_dump
 
 # bfloat16 error bounds, fixed beforehand (measured on the dumps: logits up to 1.0e-2 of the
 # largest logit, GCA tokens 1.1e-3 of the largest value, window scores 1.8e-4 of the largest,
@@ -79,14 +79,20 @@ def test_decisions_equal_beyond_the_error(both):
     assert region_safe.sum() >= 2 and set_safe.sum() >= 1 and exit_safe.sum() >= 3
 
 
-def test_float32_is_bit_identical_to_the_default():
+def test_float32_policy_is_the_plain_operations_bit_for_bit(monkeypatch):
+    """float32 through the policy equals the model with every policy function replaced by the
+    plain operation it stands for (what the model computed before the option existed)."""
+    from lfvit_jax.models import vit
     model, variables, ref = load_dump(DUMPS[0])
-    explicit, _ = load_pretrained(f"{DATA}/{DUMPS[0]}/weights.npz", num_heads=3,
-                                  region_size=int(ref["region_size"]), matmul_dtype="float32")
     assert model.matmul_dtype == "float32"
-    a, b = run(model, variables, ref), run(explicit, variables, ref)
-    for key in a:
-        np.testing.assert_array_equal(a[key], b[key])
+    policy = run(model, variables, ref)
+    monkeypatch.setattr(precision, "einsum", lambda spec, a, b, mm: jnp.einsum(spec, a, b))
+    monkeypatch.setattr(precision, "dense", lambda x, kernel, bias, mm: x @ kernel + bias)
+    monkeypatch.setattr(vit, "gelu", lambda x, mm="float32": nn.gelu(x, approximate=False))
+    plain = run(model, variables, ref)
+    assert policy.keys() == plain.keys()
+    for key in policy:
+        np.testing.assert_array_equal(policy[key], plain[key], err_msg=key)
 
 
 @pytest.mark.parametrize("shape", [(5, 24), (2, 7, 24)])
