@@ -6,9 +6,11 @@ parameters} of the best focus-stage top-1 so far (picked on the evaluation split
 is grain's per-process iterator state, so a resumed run continues the exact example stream.
 
 `checksums` holds two sums of every saved array's contents (`lfvit_jax.integrity`, one read of
-the data), computed where the arrays live at save and compared after every restore: a step that fails to restore or to match
-is corrupt. `newest_intact` then warns and goes back to the step before; a step whose arrays have
-other shapes than the model's is an error of the config instead, and never skipped.
+the data), computed where the arrays live at save and compared after every restore: a step that
+fails to restore or to match is corrupt. `newest_intact` then warns and goes back to the step
+before; a step whose arrays have other shapes than the model's is an error of the config instead,
+and never skipped. Paths go through `storage.path` (local made absolute, as orbax needs; gs://
+kept).
 """
 import logging
 import os
@@ -32,11 +34,6 @@ class CorruptCheckpointError(ValueError):
     """A saved step that cannot be read back intact (truncated, altered or incomplete)."""
 
 
-def as_path(directory):
-    """An epath for orbax: local paths made absolute (orbax needs that), URLs (gs://) kept."""
-    return storage.path(directory)
-
-
 def manager(directory, keep=None, best=False, read_only=False):
     """A manager that keeps the last `keep` steps (all when None), or with `best` the one step of
     highest metrics['top1']; `read_only` for another run's folder."""
@@ -47,21 +44,21 @@ def manager(directory, keep=None, best=False, read_only=False):
         policy = preservation_policy.LatestN(n=keep)
     options = ocp.CheckpointManagerOptions(enable_async_checkpointing=True, read_only=read_only,
                                            create=not read_only, preservation_policy=policy)
-    return ocp.CheckpointManager(as_path(directory), options=options)
+    return ocp.CheckpointManager(storage.path(directory), options=options)
 
 
 def reader(directory):
     """A read-only manager (nothing is created or cleaned up: a read-only folder works) whose
     'state' item can be restored in part and inspected without restoring."""
     options = ocp.CheckpointManagerOptions(read_only=True, create=False)
-    return ocp.CheckpointManager(as_path(directory), options=options,
+    return ocp.CheckpointManager(storage.path(directory), options=options,
                                  item_handlers={"state": ocp.PyTreeCheckpointHandler(),
                                                 CHECKSUMS: ocp.JsonCheckpointHandler()})
 
 
 def steps(directory):
     """The steps saved under `directory` (none when it does not exist)."""
-    if not as_path(directory).exists():
+    if not storage.path(directory).exists():
         return []
     with reader(directory) as mngr:
         return list(mngr.all_steps())
@@ -100,7 +97,7 @@ def saved_tree(directory, step):
 
 
 def _has_checksums(directory, step):
-    return (as_path(directory) / str(step) / CHECKSUMS).exists()
+    return (storage.path(directory) / str(step) / CHECKSUMS).exists()
 
 
 def _restore_verified(mngr, step, items, directory):
@@ -191,7 +188,7 @@ def set_aside(directory, steps):
     so the run can save those steps again. Process 0 renames; every process waits for it."""
     if jax.process_index() == 0:
         for step in steps:
-            src = as_path(directory) / str(step)
+            src = storage.path(directory) / str(step)
             dst, n = src.parent / f"{step}.corrupt", 1
             while dst.exists():
                 dst, n = src.parent / f"{step}.corrupt{n}", n + 1
