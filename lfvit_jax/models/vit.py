@@ -96,9 +96,11 @@ class PatchEmbed(nn.Module):
 
 
 class HeadsQKV(nn.Module):
-    """timm's qkv Linear (kernel (C, 3C), output features laid out (3, heads, head_dim)), applied
-    as one einsum straight into (3, B, heads, N, head_dim): XLA on CPU then needs no transposes
-    around the attention products (the attention layer runs about a third faster)."""
+    """timm's qkv Linear (kernel (C, 3C), output features laid out (3, heads, head_dim)), returned
+    as (3, B, heads, N, head_dim). In float32 one einsum goes straight into that layout: XLA on CPU
+    then needs no transposes around the attention products (the attention layer runs about a
+    third faster). In bfloat16 the plain (B N, C) @ (C, 3C) product comes first: there the einsum
+    made XLA transpose the kernel and the tokens in every call (stages 5-9% slower, README)."""
     num_heads: int
     dense_init: str = "deit"
     matmul_dtype: str = "float32"
@@ -109,13 +111,17 @@ class HeadsQKV(nn.Module):
         h, d = self.num_heads, c // self.num_heads
         kernel = self.param("kernel", DENSE_INITS[self.dense_init], (c, 3 * c))
         bias = self.param("bias", nn.initializers.zeros, (3 * c,))
-        qkv = precision.einsum("bnc,cthd->tbhnd", x, kernel.reshape(c, 3, h, d),
-                               self.matmul_dtype)
-        return qkv + bias.reshape(3, 1, h, 1, d)
+        if self.matmul_dtype == "float32":
+            return (jnp.einsum("bnc,cthd->tbhnd", x, kernel.reshape(c, 3, h, d))
+                    + bias.reshape(3, 1, h, 1, d))
+        qkv = precision.dense(x, kernel, bias, self.matmul_dtype)
+        return qkv.reshape(x.shape[:2] + (3, h, d)).transpose(2, 0, 3, 1, 4)
 
 
 class HeadsProj(nn.Module):
-    """timm's output Linear (kernel (C, C)) applied to per-head outputs (B, heads, N, head_dim)."""
+    """timm's output Linear (kernel (C, C)) applied to per-head outputs (B, heads, N, head_dim):
+    one einsum in float32, the heads merged first and then a plain matmul in bfloat16 (as in
+    HeadsQKV)."""
     dense_init: str = "deit"
     matmul_dtype: str = "float32"
 
@@ -125,8 +131,10 @@ class HeadsProj(nn.Module):
         c = h * d
         kernel = self.param("kernel", DENSE_INITS[self.dense_init], (c, c))
         bias = self.param("bias", nn.initializers.zeros, (c,))
-        return precision.einsum("bhnd,hdc->bnc", x, kernel.reshape(h, d, c),
-                                self.matmul_dtype) + bias
+        if self.matmul_dtype == "float32":
+            return jnp.einsum("bhnd,hdc->bnc", x, kernel.reshape(h, d, c)) + bias
+        merged = x.transpose(0, 2, 1, 3).reshape(x.shape[0], x.shape[2], c)
+        return precision.dense(merged, kernel, bias, self.matmul_dtype)
 
 
 class Attention(nn.Module):
