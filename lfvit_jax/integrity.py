@@ -44,9 +44,14 @@ def _odd(start, n):
 
 def _sums(w, start, xp):
     """[S0, S1] of a block of words whose first row is row `start` of the array."""
-    rows = w.reshape((w.shape[0] if w.ndim else 1, -1)).sum(axis=1, dtype=np.uint32)
+    if w.ndim <= 1:  # the rows are the words themselves
+        rows = w.reshape(-1)
+    else:
+        rows = w.reshape(w.shape[0], -1).sum(axis=1, dtype=np.uint32)
     odd = _odd(start, rows.shape[0])
-    return xp.stack([rows.sum(dtype=np.uint32), (rows * odd).sum(dtype=np.uint32)])
+    if xp is np:  # numpy's integer dot wraps modulo 2^32 like the sums; one call instead of two
+        return np.array([rows.sum(dtype=np.uint32), np.dot(rows, odd)], np.uint32)
+    return jnp.stack([rows.sum(dtype=np.uint32), (rows * odd).sum(dtype=np.uint32)])
 
 
 _tree_device_sums = jax.jit(lambda tree: jax.tree.map(lambda x: _sums(_words(x, jnp), 0, jnp),
@@ -66,10 +71,16 @@ def _host_sums(x):
                np.zeros(2, np.uint32))
 
 
+def _part(key):
+    for field in ("key", "name", "idx"):  # dict, namedtuple/attribute, sequence
+        if hasattr(key, field):
+            return str(getattr(key, field))
+    return str(key)
+
+
 def _name(path):
     """'opt_state/0/mu/blocks_0/...': the same for a dict, a namedtuple or their metadata."""
-    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
-                    for k in path)
+    return "/".join(map(_part, path))
 
 
 def checksums(tree):
