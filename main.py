@@ -20,7 +20,12 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-from lfvit_jax import cli, evaluate, parallel, predict, train, workdir as rundir
+from lfvit_jax.cli import app as cli
+from lfvit_jax.core import parallel
+from lfvit_jax.evaluation import evaluate
+from lfvit_jax.inference import predict
+from lfvit_jax.io import rundir
+from lfvit_jax.training import trainer as train
 
 
 def define_flags(fv, argv):

@@ -11,7 +11,8 @@ Not part of the tests.
 import argparse
 import time
 
-from lfvit_jax.data import eval_iterator, get_config
+from lfvit_jax.data.pipeline import eval_iterator
+from lfvit_jax.data.defaults import get_config
 
 
 def images_per_second(data_dir, name, images, read_threads):

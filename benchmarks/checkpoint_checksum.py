@@ -24,7 +24,9 @@ import orbax.checkpoint as ocp
 from absl import app, flags
 from ml_collections import config_flags
 
-from lfvit_jax import checkpoint, integrity, train
+from lfvit_jax.io import checkpoint
+from lfvit_jax.io import integrity
+from lfvit_jax.training import trainer
 
 config_flags.DEFINE_config_file("config", "configs/deit_s.py", "The config whose state is saved.")
 flags.DEFINE_integer("rounds", 5, "Timed rounds (each saves and restores with both variants).")
@@ -51,7 +53,7 @@ def main(argv):
     config = FLAGS.config
     info = dict(num_classes=config.model.num_classes, image_size=config.model.img_size,
                 train_examples=config.batch_size * 1000, eval_examples=config.batch_size)
-    setup = train.Setup(config, info)
+    setup = trainer.Setup(config, info)
     state = setup.scratch_state()
     target = checkpoint.abstract_with_shardings(setup.abstract_state, setup.shardings)
     nbytes = sum(x.nbytes for x in jax.tree.leaves(state))

@@ -15,7 +15,7 @@ import time
 import numpy as np
 from PIL import Image
 
-from lfvit_jax import data
+from lfvit_jax.data import defaults, pipeline
 from lfvit_jax.data import convert
 
 
@@ -42,7 +42,7 @@ def _imagenet_like(data_dir, num_images=256, num_classes=8):
 
 
 def _rate(cfg, batch, batches):
-    it = data.train_iterator(cfg, batch, seed=0)
+    it = pipeline.train_iterator(cfg, batch, seed=0)
     next(it)  # start-up (worker processes, first reads) is not throughput
     start = time.perf_counter()
     for _ in range(batches):
@@ -61,11 +61,11 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         _imagenet_like(tmp)
         for workers in map(int, args.workers.split(",")):
-            cfg = data.imagenet_config()
+            cfg = defaults.imagenet_config()
             cfg.update(name="imagenet_like", num_classes=8, data_dir=tmp, workers=workers)
             print(f"imagenet-like 224px, DeiT augmentation, workers={workers}: "
                   f"{_rate(cfg, args.batch, args.batches):.0f} images/s")
-            cfg = data.cluttered_mnist_config()
+            cfg = defaults.cluttered_mnist_config()
             cfg.update(data_dir=tmp, workers=workers)
             print(f"cluttered_mnist 64px, workers={workers}: "
                   f"{_rate(cfg, args.batch, args.batches):.0f} images/s")

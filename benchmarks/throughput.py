@@ -97,9 +97,11 @@ def main(argv=None):
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from lfvit_jax import flops
-    from lfvit_jax.inference import DEFAULT_BUCKETS, EarlyExitPredictor, in_slices
-    from lfvit_jax.models import DeiT, LFViT, precision
+    from lfvit_jax.models import flops
+    from lfvit_jax.inference.predictors import DEFAULT_BUCKETS, EarlyExitPredictor, in_slices
+    from lfvit_jax.models.vit import DeiT
+    from lfvit_jax.models.lfvit import LFViT
+    from lfvit_jax.models import precision
 
     fractions = [float(f) for f in args.fractions.split(",")]
     sharding = NamedSharding(Mesh(np.array(jax.devices()), ("data",)), PartitionSpec("data"))

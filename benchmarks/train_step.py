@@ -15,7 +15,8 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from lfvit_jax import parallel, train
+from lfvit_jax.core import parallel
+from lfvit_jax.training import trainer
 
 config_flags.DEFINE_config_file("config", "configs/demo.py", "An LF-ViT config.")
 flags.DEFINE_integer("batch", 64, "Global batch per step.")
@@ -30,7 +31,7 @@ def seconds_per_step(config, phase, batch, steps):
     config.batch_size = config.eval_batch_size = batch
     info = dict(num_classes=config.model.num_classes, image_size=config.model.img_size,
                 train_examples=batch * 1000, eval_examples=batch)
-    setup = train.Setup(config, info)
+    setup = trainer.Setup(config, info)
     state = setup.scratch_state()
     rng = np.random.default_rng(0)
     size, classes = config.model.img_size, config.model.num_classes

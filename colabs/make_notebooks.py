@@ -57,7 +57,7 @@ def quickstart():
             "from IPython.display import display\n\n"
             "from lfvit_jax import demo, figures, load_pretrained\n"
             "from lfvit_jax.data import imagenet_config\n\n"
-            "# A converted ImageNet checkpoint (python -m lfvit_jax.convert SRC DST) if you have\n"
+            "# A converted ImageNet checkpoint (python -m lfvit_jax.cli.convert SRC DST) if you have\n"
             "# one; otherwise the demo model, trained here on first use.\n"
             "CHECKPOINT = os.environ.get(\"LFVIT_CHECKPOINT\", \"\")\n"
             "if CHECKPOINT:\n"
@@ -98,7 +98,7 @@ def quickstart():
         new_code_cell(
             "import skimage.data\n"
             "from PIL import Image\n\n"
-            "from lfvit_jax.inputs import preprocess\n\n"
+            "from lfvit_jax.inference.inputs import preprocess\n\n"
             "names = [\"astronaut\", \"coffee\", \"chelsea\", \"rocket\"]\n"
             "photos = np.stack([preprocess(Image.fromarray(getattr(skimage.data, n)()), data_cfg,\n"
             "                              model.img_size) for n in names])\n"

@@ -4,11 +4,13 @@ Arguments: res=<image size>, runlocal.
 
   python main.py --config configs/deit_s.py:res=224 --workdir workdirs/deit_s224
   python main.py --config configs/deit_s.py:runlocal --workdir /tmp/deit_runlocal
-  python -m lfvit_jax.flops --config configs/deit_s.py
+  python -m lfvit_jax.cli.flops --config configs/deit_s.py
 """
 import ml_collections
 
-from lfvit_jax import config_args, data, recipes
+from lfvit_jax.core import config_args
+from lfvit_jax.data import defaults
+from lfvit_jax.training import recipes
 
 
 def get_config(arg=None):
@@ -16,7 +18,7 @@ def get_config(arg=None):
     arg = config_args.parse_arg(arg, res=224, runlocal=False)
     config = ml_collections.ConfigDict()
     config.model = recipes.deit_s_model("deit", arg.res)
-    config.data = data.imagenet_config()
+    config.data = defaults.imagenet_config()
     config.data.image_size = arg.res
     recipes.deit_training(config, total_epochs=300, selection_start_epoch=0)
     if arg.runlocal:

@@ -7,12 +7,14 @@ region>, epochs=<training epochs>.
 
   python main.py --config configs/demo.py --workdir workdirs/demo
   python main.py --config configs/demo.py:baseline --workdir workdirs/demo_baseline
-  python -m lfvit_jax.evaluate --workdir workdirs/demo --baseline workdirs/demo_baseline   # FLOPs at equal accuracy
+  python -m lfvit_jax.cli.match --workdir workdirs/demo --baseline workdirs/demo_baseline   # FLOPs at equal accuracy
   python main.py --config configs/demo.py:runlocal --workdir /tmp/demo_runlocal
 """
 import ml_collections
 
-from lfvit_jax import config_args, data, recipes
+from lfvit_jax.core import config_args
+from lfvit_jax.data import defaults
+from lfvit_jax.training import recipes
 
 
 def get_config(arg=None):
@@ -43,7 +45,7 @@ def get_config(arg=None):
         # stages instead of 0.929; measured at 60 epochs, focus top-1 76.7% (alpha 1: 77.6%).
         config.model.update(region_size=arg.m, alpha=arg.alpha, beta=0.99, gca_blocks=(1, 2, 3),
                             region_method="ngca", fusion=True, reuse_tokens=True)
-    config.data = data.cluttered_mnist_config()
+    config.data = defaults.cluttered_mnist_config()
     # Short runs gain from switching to the (cheaper) region steps early: 30% instead of 77%.
     recipes.deit_training(config, total_epochs=arg.epochs,
                           selection_start_epoch=0.3 * arg.epochs)

@@ -6,11 +6,13 @@ Arguments: res=224|288 (any multiple of 32 works), m=<region side in coarse toke
   python main.py --config configs/lfvit_deit_s.py:res=288,m=6 --workdir workdirs/lfvit_s288 \
       --config.init_from=deit_small_patch16_224.pth
   python main.py --config configs/lfvit_deit_s.py:runlocal --workdir /tmp/lfvit_runlocal
-  python -m lfvit_jax.flops --config configs/lfvit_deit_s.py:res=224,m=5
+  python -m lfvit_jax.cli.flops --config configs/lfvit_deit_s.py:res=224,m=5
 """
 import ml_collections
 
-from lfvit_jax import config_args, data, recipes
+from lfvit_jax.core import config_args
+from lfvit_jax.data import defaults
+from lfvit_jax.training import recipes
 
 
 def get_config(arg=None):
@@ -20,7 +22,7 @@ def get_config(arg=None):
     config.model = recipes.deit_s_model(
         "lfvit", arg.res, region_size=arg.m, alpha=0.88, beta=0.99,
         gca_blocks=tuple(range(3, 12)), region_method="ngca", fusion=True, reuse_tokens=True)
-    config.data = data.imagenet_config()
+    config.data = defaults.imagenet_config()
     config.data.image_size = arg.res
     recipes.deit_training(config, total_epochs=300, selection_start_epoch=231)
     if arg.runlocal:

@@ -6,8 +6,11 @@ seconds); $LFVIT_PRECISION=bfloat16 evaluates and predicts with bfloat16 matmuls
 import json
 import os
 
-from lfvit_jax import evaluate, loading, reports, train
-from lfvit_jax.config_args import load_config
+from lfvit_jax.core.config_args import load_config
+from lfvit_jax.evaluation import evaluate, reports
+from lfvit_jax.training import trainer
+from lfvit_jax.weights import loading
+
 
 def is_fast():
     return os.environ.get("LFVIT_NOTEBOOK_FAST", "") not in ("", "0")
@@ -36,7 +39,7 @@ def ensure_trained(cfg, path):
     """The final evaluation summary of `path`, trained first (or resumed) unless finished."""
     result = os.path.join(path, reports.RESULT_FILE)  # written at the end of training
     if not os.path.exists(result):
-        return train.train_and_evaluate(cfg, path)
+        return trainer.train_and_evaluate(cfg, path)
     with open(result) as f:
         return json.load(f)
 

@@ -25,8 +25,10 @@ ROOT = os.path.dirname(TESTS)
 sys.path.insert(0, ROOT)
 
 import main  # noqa: E402  (the repository's main.py)
-from lfvit_jax import cli, config_args, inputs  # noqa: E402
-from lfvit_jax.data import cluttered_mnist_config  # noqa: E402
+from lfvit_jax.cli import app
+from lfvit_jax.core import config_args
+from lfvit_jax.inference import inputs  # noqa: E402
+from lfvit_jax.data.defaults import cluttered_mnist_config  # noqa: E402
 
 # Eight devices in tests: evaluation batches of 200, on the first 200 test canvases.
 def demo(arg="runlocal"):
@@ -40,7 +42,7 @@ DEMO = demo()
 
 
 def run_main(capsys, *args):
-    code = cli.run(main.define_flags, main.main, ["main.py", *map(str, args)])
+    code = app.run(main.define_flags, main.main, ["main.py", *map(str, args)])
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -69,7 +71,7 @@ def quiet_run(argv):
     """main.py in-process for a fixture: (status, stdout, stderr), kept out of the tests' own."""
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = cli.run(main.define_flags, main.main, argv)
+        code = app.run(main.define_flags, main.main, argv)
     return code, out.getvalue(), err.getvalue()
 
 
@@ -366,8 +368,8 @@ def test_too_many_pixels(tmp_path, monkeypatch):
 
 def test_nonfinite_outputs_are_reported_per_image(tmp_path):
     import jax
-    from lfvit_jax.models import LFViT
-    from lfvit_jax.predict import predict
+    from lfvit_jax.models.lfvit import LFViT
+    from lfvit_jax.inference.predict import predict
     model = LFViT(num_classes=10, width=32, depth=2, num_heads=2, mlp_dim=64, patch=8,
                   img_size=64, region_size=2)
     variables = model.init(jax.random.key(0), np.zeros((1, 64, 64, 3), np.float32))
@@ -478,11 +480,11 @@ def subprocess_run(*args):
 SUBPROCESSES = [
     (["main.py", "--config", "configs/demo.py:runlocal", "--config.nonexistent=1",
       "--workdir", "/tmp/never"], 2, ["Unknown config key"]),
-    (["-m", "lfvit_jax.flops", "--config", "configs/demo.py:m=x"], 2, ["m='x'"]),
-    (["-m", "lfvit_jax.convert", "--src", "/nonexistent.pth", "--dst", "/tmp/never"], 1,
+    (["-m", "lfvit_jax.cli.flops", "--config", "configs/demo.py:m=x"], 2, ["m='x'"]),
+    (["-m", "lfvit_jax.cli.convert", "--src", "/nonexistent.pth", "--dst", "/tmp/never"], 1,
      ["/nonexistent.pth does not exist"]),
-    (["-m", "lfvit_jax.figures", "--workdir", "/nonexistent"], 1, ["no finished run"]),
-    (["-m", "lfvit_jax.evaluate", "--workdir", "/nonexistent"], 2, ["--baseline"]),
+    (["-m", "lfvit_jax.cli.figures", "--workdir", "/nonexistent"], 1, ["no finished run"]),
+    (["-m", "lfvit_jax.cli.match", "--workdir", "/nonexistent"], 2, ["--baseline"]),
 ]
 
 
@@ -497,7 +499,7 @@ def test_entry_points_as_processes(args, code, words):
 
 
 def test_convert_refuses_damaged_weights(tmp_path):
-    from lfvit_jax.pretrained import read_state_dict
+    from lfvit_jax.io.state_dict import read_state_dict
     np.savez(tmp_path / "ints.npz", **{"head.weight": np.ones((10, 32), np.int64)})
     np.savez(tmp_path / "nan.npz", **{"head.weight": np.full((10, 32), np.nan, np.float32)})
     with pytest.raises(ValueError, match="head.weight is int64; weights must be floating"):

@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from lfvit_jax.config_args import load_config, parse_arg
+from lfvit_jax.core.config_args import load_config, parse_arg
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -8,7 +8,7 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from lfvit_jax import data
+from lfvit_jax.data import defaults, pipeline
 from lfvit_jax.data import convert, prepare
 
 CLASSES = ("n_apple", "n_bear", "n_cat")
@@ -40,7 +40,7 @@ def _tree(root):
 
 
 def _cfg(data_dir, name):
-    cfg = data.get_config(name)
+    cfg = defaults.get_config(name)
     cfg.update(data_dir=str(data_dir), image_size=16, crop_pct=1.0, workers=0)
     return cfg
 
@@ -51,7 +51,7 @@ def test_folder_conversion_round_trip(tmp_path, capsys):
                   str(tmp_path / "tfds"), "--examples_per_shard", "4", "--workers", "2"])
     assert "{'train': 0, 'validation': 1}" in capsys.readouterr().out  # broken.JPEG
     cfg = _cfg(tmp_path / "tfds", "tiny_folder")
-    assert data.get_dataset_info(cfg) == dict(num_classes=3, image_size=16, train_examples=15,
+    assert pipeline.get_dataset_info(cfg) == dict(num_classes=3, image_size=16, train_examples=15,
                                               eval_examples=7)
     builder = tfds.builder("tiny_folder", data_dir=str(tmp_path / "tfds"))
     assert builder.info.features["label"].names == list(CLASSES)
@@ -65,10 +65,10 @@ def test_folder_conversion_round_trip(tmp_path, capsys):
     val = builder.as_data_source("validation", decoders={"image": tfds.decode.SkipDecoding()})
     disguised = next(val[i] for i in range(len(val)) if val[i]["file_name"] == b"disguised.JPEG")
     assert Image.open(io.BytesIO(disguised["image"])).format == "JPEG"  # re-encoded
-    batches = list(data.eval_iterator(cfg, 4))
+    batches = list(pipeline.eval_iterator(cfg, 4))
     labels = np.concatenate([b["label"][b["_mask"]] for b in batches])
     np.testing.assert_array_equal(np.bincount(labels), [2, 3, 2])
-    train = next(data.train_iterator(cfg, 4, seed=0))
+    train = next(pipeline.train_iterator(cfg, 4, seed=0))
     assert train["image"].shape == (4, 16, 16, 3) and train["label"].shape == (4, 3)
 
 
@@ -89,14 +89,14 @@ def test_folder_conversion_resumes_after_interruption(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         prepare.main(args)
     with pytest.raises(FileNotFoundError, match="prepare folder ROOT --name resumed"):
-        data.get_dataset_info(_cfg(tmp_path / "tfds", "resumed"))  # half-written: not prepared
+        pipeline.get_dataset_info(_cfg(tmp_path / "tfds", "resumed"))  # half-written: not prepared
     first = list(written)
     written.clear()
     monkeypatch.setattr(convert, "_write_shard", lambda path, *rest: (
         written.append(os.path.basename(path)), original(path, *rest))[1])
     prepare.main(args)
     assert not set(first) & set(written) and len(first) + len(written) == 4 + 2
-    assert data.get_dataset_info(_cfg(tmp_path / "tfds", "resumed"))["train_examples"] == 15
+    assert pipeline.get_dataset_info(_cfg(tmp_path / "tfds", "resumed"))["train_examples"] == 15
 
 
 def test_folder_conversion_errors(tmp_path):
@@ -143,7 +143,7 @@ def test_imagenet_tars_convert_and_read_as_tfds_imagenet2012(tmp_path):
     prepare.main(["imagenet2012", "--manual_dir", str(manual), "--data_dir",
                   str(tmp_path / "tfds")])
     cfg = _cfg(tmp_path / "tfds", "imagenet2012")
-    assert data.get_dataset_info(cfg) == dict(num_classes=1000, image_size=16,
+    assert pipeline.get_dataset_info(cfg) == dict(num_classes=1000, image_size=16,
                                               train_examples=4, eval_examples=3)
     val = tfds.data_source("imagenet2012", split="validation", data_dir=str(tmp_path / "tfds"))
     labels = {val[i]["file_name"]: val[i]["label"] for i in range(3)}
@@ -163,5 +163,5 @@ def test_prepare_commands_for_registered_builders(tmp_path, capsys):
     out = capsys.readouterr().out
     for d in ("a", "b"):
         assert str(tmp_path / d / "cluttered_mnist" / "1.0.0") in out
-        info = data.get_dataset_info(_cfg(tmp_path / d, "cluttered_mnist"))
+        info = pipeline.get_dataset_info(_cfg(tmp_path / d, "cluttered_mnist"))
         assert info["train_examples"] == 4000

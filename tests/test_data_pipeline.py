@@ -11,7 +11,8 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from lfvit_jax import data, parallel
+from lfvit_jax.data import defaults, pipeline
+from lfvit_jax.core import parallel
 from lfvit_jax.data import cluttered_mnist, pipeline
 
 
@@ -55,7 +56,7 @@ def fake_tfds():
 
 def _identity_cfg(**overrides):
     """ImageNet config at 8 px whose eval view returns raw pixel values (mean 0, std 1/255)."""
-    cfg = data.imagenet_config()
+    cfg = defaults.imagenet_config()
     cfg.update(image_size=8, crop_pct=1.0, mean=(0.0,) * 3, std=(1 / 255,) * 3, workers=0,
                data_dir="/nonexistent")
     cfg.update(overrides)
@@ -71,7 +72,7 @@ def _ids(batch):
 def test_eval_sees_every_example_once(fake_tfds, process_count, global_batch):
     seen, counts = [], []
     for p in range(process_count):
-        batches = list(data.eval_iterator(_identity_cfg(), global_batch, process_index=p,
+        batches = list(pipeline.eval_iterator(_identity_cfg(), global_batch, process_index=p,
                                           process_count=process_count))
         counts.append(len(batches))
         for b in batches:
@@ -84,10 +85,10 @@ def test_eval_sees_every_example_once(fake_tfds, process_count, global_batch):
 
 
 def test_train_batches_shapes_and_soft_targets(fake_tfds):
-    cfg = _identity_cfg(mean=data.imagenet_config().mean, std=data.imagenet_config().std)
-    assert data.get_dataset_info(cfg) == dict(num_classes=1000, image_size=8,
+    cfg = _identity_cfg(mean=defaults.imagenet_config().mean, std=defaults.imagenet_config().std)
+    assert pipeline.get_dataset_info(cfg) == dict(num_classes=1000, image_size=8,
                                               train_examples=40, eval_examples=23)
-    batch = next(data.train_iterator(cfg, 8, seed=0, process_index=0, process_count=2))
+    batch = next(pipeline.train_iterator(cfg, 8, seed=0, process_index=0, process_count=2))
     assert batch["image"].shape == (4, 8, 8, 3) and batch["image"].dtype == np.float32
     assert batch["label"].shape == (4, 1000) and batch["label"].dtype == np.float32
     np.testing.assert_allclose(batch["label"].sum(1), 1.0, rtol=1e-5)
@@ -96,20 +97,20 @@ def test_train_batches_shapes_and_soft_targets(fake_tfds):
 
 def test_train_state_restore_continues_identical_stream(fake_tfds):
     cfg = _identity_cfg(mixup=0.0, cutmix=0.0, rand_augment="", reprob=0.0)
-    it = data.train_iterator(cfg, 4, seed=3)
+    it = pipeline.train_iterator(cfg, 4, seed=3)
     head = [next(it) for _ in range(3)]
     state = it.get_state()
     tail = [next(it) for _ in range(12)]  # crosses epoch boundaries (10 batches an epoch)
-    resumed = data.train_iterator(cfg, 4, seed=3)
+    resumed = pipeline.train_iterator(cfg, 4, seed=3)
     resumed.set_state(state)
-    again = data.train_iterator(cfg, 4, seed=3)
+    again = pipeline.train_iterator(cfg, 4, seed=3)
     for expected in head + tail:
         np.testing.assert_array_equal(next(again)["image"], expected["image"])
     for expected in tail:
         got = next(resumed)
         np.testing.assert_array_equal(got["image"], expected["image"])
         np.testing.assert_array_equal(got["label"], expected["label"])
-    other = next(data.train_iterator(cfg, 4, seed=4))
+    other = next(pipeline.train_iterator(cfg, 4, seed=4))
     assert not np.array_equal(other["image"], head[0]["image"])
 
 
@@ -130,7 +131,7 @@ def test_train_iterators_of_two_processes_split_each_epoch(fake_tfds):
                         random_resized_crop=False, repeated_aug=1)
     epochs = []
     for p in range(2):
-        it = data.train_iterator(cfg, 8, seed=0, process_index=p, process_count=2)
+        it = pipeline.train_iterator(cfg, 8, seed=0, process_index=p, process_count=2)
         batches = [next(it) for _ in range(10)]  # 2 epochs of 5 batches of 4
         ids = np.concatenate([_ids(b) for b in batches])
         labels = np.concatenate([b["label"].argmax(1) for b in batches])
@@ -154,47 +155,47 @@ def test_corrupt_images_skipped_or_fatal(fake_tfds, caplog):
     fake_tfds["validation"] = dict(corrupt=(4, 9))
     fake_tfds["train"] = dict(corrupt=tuple(range(0, 40, 2)))
     with caplog.at_level(logging.WARNING):
-        batches = list(data.eval_iterator(_identity_cfg(), 12))
+        batches = list(pipeline.eval_iterator(_identity_cfg(), 12))
     seen = sum((_ids(b)[b["_mask"]].tolist() for b in batches), [])
     assert sorted(seen) == sorted(set(range(23)) - {4, 9})
     assert "2 corrupt images" in caplog.text
     # Training skips them: only the odd (readable) examples appear.
-    train = data.train_iterator(_identity_cfg(mixup=0.0, cutmix=0.0, rand_augment="",
+    train = pipeline.train_iterator(_identity_cfg(mixup=0.0, cutmix=0.0, rand_augment="",
                                               reprob=0.0, random_resized_crop=False), 4, seed=0)
     labels = np.concatenate([next(train)["label"].argmax(1) for _ in range(5)])
     assert (labels % 2 == 1).all()
     with pytest.raises(ValueError, match="Corrupt or unreadable image"):
-        list(data.eval_iterator(_identity_cfg(on_corrupt="error"), 12))
+        list(pipeline.eval_iterator(_identity_cfg(on_corrupt="error"), 12))
 
 
 def test_label_out_of_range_is_an_error(fake_tfds):
     fake_tfds["validation"] = dict(bad_label=(5,))
     with pytest.raises(ValueError, match="outside"):
-        list(data.eval_iterator(_identity_cfg(), 12))
+        list(pipeline.eval_iterator(_identity_cfg(), 12))
 
 
 def test_unprepared_dataset_names_the_command(tmp_path):
-    cfg = data.imagenet_config()
+    cfg = defaults.imagenet_config()
     cfg.data_dir = str(tmp_path)
-    with pytest.raises(FileNotFoundError, match="lfvit_jax.data.prepare imagenet2012"):
-        data.get_dataset_info(cfg)
+    with pytest.raises(FileNotFoundError, match="lfvit_jax.cli.prepare imagenet2012"):
+        pipeline.get_dataset_info(cfg)
     cfg.name = "my_folder_set"
     with pytest.raises(FileNotFoundError, match="prepare folder ROOT --name my_folder_set"):
-        data.train_iterator(cfg, 8, seed=0)
+        pipeline.train_iterator(cfg, 8, seed=0)
 
 
 def test_batch_size_errors(fake_tfds):
     with pytest.raises(ValueError, match="multiple of the process count"):
-        data.eval_iterator(_identity_cfg(), 10, process_index=0, process_count=3)
+        pipeline.eval_iterator(_identity_cfg(), 10, process_index=0, process_count=3)
     with pytest.raises(ValueError, match="must be even; got 3"):
-        data.train_iterator(_identity_cfg(), 6, seed=0, process_index=0, process_count=2)
+        pipeline.train_iterator(_identity_cfg(), 6, seed=0, process_index=0, process_count=2)
 
 
 # --- the real embedded dataset ---------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def mnist_cfg(tmp_path_factory):
-    cfg = data.cluttered_mnist_config()
+    cfg = defaults.cluttered_mnist_config()
     cfg.data_dir = str(tmp_path_factory.mktemp("tfds"))
     return cfg
 
@@ -225,17 +226,17 @@ def test_compose_places_digit_inside_its_box():
 def test_cluttered_mnist_concurrent_first_use(tmp_path):
     """Two processes sharing a data_dir build it at the same time (as a multi-process run
     would); both must end up reading it."""
-    cfg = data.cluttered_mnist_config()
+    cfg = defaults.cluttered_mnist_config()
     cfg.data_dir = str(tmp_path)
     with multiprocessing.get_context("spawn").Pool(2) as pool:
-        infos = pool.map(data.get_dataset_info, [cfg, cfg])
+        infos = pool.map(pipeline.get_dataset_info, [cfg, cfg])
     assert infos[0] == infos[1] and infos[0]["eval_examples"] == 1000
 
 
 def test_cluttered_mnist_eval_is_fixed_and_boxed(mnist_cfg):
-    assert data.get_dataset_info(mnist_cfg) == dict(num_classes=10, image_size=64,
+    assert pipeline.get_dataset_info(mnist_cfg) == dict(num_classes=10, image_size=64,
                                                     train_examples=4000, eval_examples=1000)
-    batches = list(data.eval_iterator(mnist_cfg, 384))
+    batches = list(pipeline.eval_iterator(mnist_cfg, 384))
     assert len(batches) == 3 and sum(b["_mask"].sum() for b in batches) == 1000
     labels = np.concatenate([b["label"][b["_mask"]] for b in batches])
     np.testing.assert_array_equal(np.bincount(labels), [100] * 10)
@@ -247,19 +248,19 @@ def test_cluttered_mnist_eval_is_fixed_and_boxed(mnist_cfg):
         assert 3 <= y1 - y0 <= 28 and 1 <= x1 - x0 <= 28
         inside = image[y0:y1, x0:x1] > -1
         assert inside[0].any() and inside[-1].any() and inside[:, 0].any() and inside[:, -1].any()
-    again = next(iter(data.eval_iterator(mnist_cfg, 384)))
+    again = next(iter(pipeline.eval_iterator(mnist_cfg, 384)))
     np.testing.assert_array_equal(again["image"], b["image"])
 
 
 def test_cluttered_mnist_training_is_fresh_and_resumable(mnist_cfg):
-    it = data.train_iterator(mnist_cfg, 8, seed=0)
+    it = pipeline.train_iterator(mnist_cfg, 8, seed=0)
     first = next(it)
     assert first["image"].shape == (8, 64, 64, 3) and first["label"].shape == (8, 10)
     np.testing.assert_allclose(np.sort(first["label"], 1)[:, -2:], [[0.01, 0.91]] * 8,
                                rtol=1e-5)
     state = it.get_state()
     expected = next(it)
-    resumed = data.train_iterator(mnist_cfg, 8, seed=0)
+    resumed = pipeline.train_iterator(mnist_cfg, 8, seed=0)
     resumed.set_state(state)
     np.testing.assert_array_equal(next(resumed)["image"], expected["image"])
     # The same digit record drawn at two positions gets two different canvases.
@@ -292,16 +293,16 @@ def test_grain_workers_batch_the_same_examples_and_resume(mnist_cfg):
         flat = np.concatenate([b["image"] for b in batches]).reshape(8, -1)
         return flat[np.lexsort(flat.T[::-1])]
 
-    inline = data.train_iterator(mnist_cfg, 4, seed=1)
+    inline = pipeline.train_iterator(mnist_cfg, 4, seed=1)
     cfg = mnist_cfg.copy_and_resolve_references()
     cfg.workers = 2
-    parallel = data.train_iterator(cfg, 4, seed=1)
+    parallel = pipeline.train_iterator(cfg, 4, seed=1)
     first = [next(parallel) for _ in range(2)]
     np.testing.assert_array_equal(sorted_examples(first),
                                   sorted_examples([next(inline) for _ in range(2)]))
     state = parallel.get_state()
     expected = [next(parallel)["image"] for _ in range(2)]
-    resumed = data.train_iterator(cfg, 4, seed=1)
+    resumed = pipeline.train_iterator(cfg, 4, seed=1)
     resumed.set_state(state)
     for want in expected:
         np.testing.assert_array_equal(next(resumed)["image"], want)
@@ -311,8 +312,8 @@ def test_eval_with_grain_workers_matches_inline(mnist_cfg):
     cfg = mnist_cfg.copy_and_resolve_references()
     cfg.workers = 2
     # 80 per process and batch, 400 positions per process: 200 per worker, not whole batches.
-    inline = list(data.eval_iterator(mnist_cfg, 240, process_index=1, process_count=3))
-    parallel = list(data.eval_iterator(cfg, 240, process_index=1, process_count=3))
+    inline = list(pipeline.eval_iterator(mnist_cfg, 240, process_index=1, process_count=3))
+    parallel = list(pipeline.eval_iterator(cfg, 240, process_index=1, process_count=3))
     assert len(parallel) == len(inline) == 5
     for got, want in zip(parallel, inline):
         assert got.keys() == want.keys()
@@ -325,14 +326,14 @@ def test_prefetch_thread_keeps_the_stream_and_its_state(mnist_cfg):
     continues the stream exactly as the plain iterator does; errors reach the consumer."""
     plain_cfg = mnist_cfg.copy_and_resolve_references()
     plain_cfg.prefetch = 0
-    plain = data.train_iterator(plain_cfg, 8, seed=0)
-    ahead = data.train_iterator(mnist_cfg, 8, seed=0)
+    plain = pipeline.train_iterator(plain_cfg, 8, seed=0)
+    ahead = pipeline.train_iterator(mnist_cfg, 8, seed=0)
     assert isinstance(ahead, pipeline.Prefetch) and not isinstance(plain, pipeline.Prefetch)
     for _ in range(3):
         np.testing.assert_array_equal(next(ahead)["image"], next(plain)["image"])
     time.sleep(0.5)  # let the thread fill its queue
     assert ahead.get_state() == plain.get_state()
-    resumed = data.train_iterator(mnist_cfg, 8, seed=0)
+    resumed = pipeline.train_iterator(mnist_cfg, 8, seed=0)
     resumed.set_state(ahead.get_state())
     np.testing.assert_array_equal(next(resumed)["image"], next(plain)["image"])
     ahead.set_state(plain.get_state())  # stops the thread, rewinds

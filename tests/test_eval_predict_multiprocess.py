@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lfvit_jax import evaluate, predict, train
-from lfvit_jax.config_args import load_config
+from lfvit_jax.evaluation import evaluate
+from lfvit_jax.inference import predict
+from lfvit_jax.training import trainer
+from lfvit_jax.core.config_args import load_config
 from processes import ROOT, finish, launch
 
 
@@ -19,7 +21,7 @@ def run(tmp_path_factory):
     config = load_config("demo.py:runlocal")
     config.data.data_dir = str(root / "data")
     config.eval_batch_size = 200  # 100 per process, 25 per device
-    train.train_and_evaluate(config, str(root / "run"))
+    trainer.train_and_evaluate(config, str(root / "run"))
     return root / "run", config
 
 

@@ -4,9 +4,11 @@ import json
 import numpy as np
 import pytest
 
-from lfvit_jax import evaluate, reports, tasks
-from lfvit_jax.geometry import Grid
-from lfvit_jax.models import LFViT
+from lfvit_jax.evaluation import evaluate
+from lfvit_jax.evaluation import reports
+from lfvit_jax import tasks
+from lfvit_jax.models.geometry import Grid
+from lfvit_jax.models.lfvit import LFViT
 
 TINY = dict(num_classes=4, width=32, depth=2, num_heads=2, mlp_dim=64, patch=8, img_size=64)
 
@@ -55,7 +57,7 @@ def test_match_baseline(tmp_path):
     task = tasks.for_model(LFViT(**TINY, region_size=2))
     ours, base = tmp_path / "ours", tmp_path / "base"
     summary = task.summarize(arrays, (0.5,))
-    reports.write_eval(ours, arrays, summary, task.figures(arrays, summary, None, None))
+    reports.write_eval(ours, arrays, summary, reports.lfvit_figures(task, arrays, summary, None, None))
     assert (ours / "budget_curve.png").exists() and (ours / "stage_counts.png").exists()
     assert not (ours / "overlays.png").exists()  # no images given
     base.mkdir()

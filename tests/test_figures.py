@@ -4,9 +4,10 @@ import json
 import numpy as np
 import pytest
 
-from lfvit_jax import figures, tasks
-from lfvit_jax.data import cluttered_mnist_config
-from lfvit_jax.models import LFViT
+from lfvit_jax.evaluation import figures
+from lfvit_jax import tasks
+from lfvit_jax.data.defaults import cluttered_mnist_config
+from lfvit_jax.models.lfvit import LFViT
 
 TINY = dict(num_classes=4, width=32, depth=2, num_heads=2, mlp_dim=64, patch=8, img_size=64,
             region_size=2)

@@ -6,8 +6,9 @@ import sys
 
 import pytest
 
-from lfvit_jax import flops
-from lfvit_jax.models import DeiT, LFViT
+from lfvit_jax.models import flops
+from lfvit_jax.models.vit import DeiT
+from lfvit_jax.models.lfvit import LFViT
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEIT_S = dict(num_classes=1000, width=384, depth=12, num_heads=6, mlp_dim=1536, patch=16)
@@ -57,7 +58,7 @@ def test_xla_count_agrees_with_the_convention():
 
 
 def test_cli_prints_table_and_json():
-    out = subprocess.run([sys.executable, "-m", "lfvit_jax.flops", "--config",
+    out = subprocess.run([sys.executable, "-m", "lfvit_jax.cli.flops", "--config",
                           "configs/lfvit_deit_s.py:res=224,m=6"], cwd=ROOT, check=True,
                          capture_output=True, text=True).stdout.strip().splitlines()
     assert any("12 blocks x 146 tokens" in line for line in out)

@@ -14,8 +14,9 @@ import orbax.checkpoint as ocp
 import pytest
 from PIL import Image
 
-from lfvit_jax import storage
-from lfvit_jax.data import cluttered_mnist_config, eval_iterator
+from lfvit_jax.io import storage
+from lfvit_jax.data.defaults import cluttered_mnist_config
+from lfvit_jax.data.pipeline import eval_iterator
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(TESTS)
@@ -35,7 +36,7 @@ def env(gcs, tmp_path_factory):
 def data(gcs, env):
     """cluttered MNIST prepared straight into the bucket."""
     url = f"gs://{gcs.bucket}/data"
-    out = subprocess.run([sys.executable, "-m", "lfvit_jax.data.prepare", "cluttered_mnist",
+    out = subprocess.run([sys.executable, "-m", "lfvit_jax.cli.prepare", "cluttered_mnist",
                           "--data_dir", url], env=env, cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]
     assert f"Uploaded to {url}" in out.stdout
@@ -112,7 +113,7 @@ def test_run_in_a_bucket(gcs, data, env, tmp_path):
 
 def test_copy_a_prepared_dataset_to_local_disk(data, env, tmp_path):
     local = tmp_path / "tfds"
-    out = subprocess.run([sys.executable, "-m", "lfvit_jax.data.prepare", "copy",
+    out = subprocess.run([sys.executable, "-m", "lfvit_jax.cli.prepare", "copy",
                           "cluttered_mnist", "--source", data, "--data_dir", str(local)],
                          env=env, cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from lfvit_jax import inference
-from lfvit_jax.models import LFViT
+from lfvit_jax.inference import predictors
+from lfvit_jax.models.lfvit import LFViT
 
 TINY = dict(num_classes=7, width=32, depth=3, num_heads=2, mlp_dim=64, patch=8, img_size=64,
             region_size=3)
@@ -35,7 +35,7 @@ def quantile_thresholds(conf):
 def test_masked_and_compacted_agree(setup, sharded, micro_batch):
     model, variables, images = setup
     sharding = NamedSharding(Mesh(np.array(jax.devices()), ("data",)), P("data")) if sharded else None
-    pred = inference.EarlyExitPredictor(model, variables, BATCH, sharding=sharding,
+    pred = predictors.EarlyExitPredictor(model, variables, BATCH, sharding=sharding,
                                         micro_batch=micro_batch)
     ref = model.apply(variables, images)
     conf = np.asarray(jax.nn.softmax(ref["loc_logits"]).max(-1))
@@ -56,17 +56,17 @@ def test_masked_and_compacted_agree(setup, sharded, micro_batch):
         # Each device compacts its own share: the bucket fits the busiest device's hard samples.
         most = int((~exited).reshape(pred.devices, -1).sum(1).max())
         assert out["bucket"] == (0 if most == 0 else
-                                 pred.devices * inference.choose_bucket(most, pred.local_sizes))
+                                 pred.devices * predictors.choose_bucket(most, pred.local_sizes))
 
 
 def test_compiles_at_most_once_per_bucket(setup, monkeypatch):
     model, variables, images = setup
     chex.clear_trace_counter()
-    sizes = inference.bucket_sizes(BATCH)
-    monkeypatch.setattr(inference, "_localize", chex.assert_max_traces(inference._localize, n=1))
-    monkeypatch.setattr(inference, "_focus_bucket",
-                        chex.assert_max_traces(inference._focus_bucket, n=len(sizes)))
-    pred = inference.EarlyExitPredictor(model, variables, BATCH)
+    sizes = predictors.bucket_sizes(BATCH)
+    monkeypatch.setattr(predictors, "_localize", chex.assert_max_traces(predictors._localize, n=1))
+    monkeypatch.setattr(predictors, "_focus_bucket",
+                        chex.assert_max_traces(predictors._focus_bucket, n=len(sizes)))
+    pred = predictors.EarlyExitPredictor(model, variables, BATCH)
     conf = np.sort(np.asarray(jax.nn.softmax(model.apply(variables, images)["loc_logits"]).max(-1)))
     seen = set()
     for eta in np.concatenate([[0.0, 1.0], (conf[:-1] + conf[1:]) / 2, [0.3, 0.7]]):
@@ -76,28 +76,28 @@ def test_compiles_at_most_once_per_bucket(setup, monkeypatch):
 
 
 @pytest.mark.parametrize("batch,fractions,micro,want", [
-    (32, inference.DEFAULT_BUCKETS, 0, (4, 8, 16, 32)),
-    (2, inference.DEFAULT_BUCKETS, 0, (1, 2)),
-    (10, inference.DEFAULT_BUCKETS, 0, (2, 3, 5, 10)),
+    (32, predictors.DEFAULT_BUCKETS, 0, (4, 8, 16, 32)),
+    (2, predictors.DEFAULT_BUCKETS, 0, (1, 2)),
+    (10, predictors.DEFAULT_BUCKETS, 0, (2, 3, 5, 10)),
     (8, (0.5,), 0, (4, 8)),
     (48, (1 / 8, 1 / 4, 1 / 3, 1), 8, (6, 16, 48)),  # 12 rounds up to whole slices of 8
 ])
 def test_bucket_sizes(batch, fractions, micro, want):
-    sizes = inference.bucket_sizes(batch, fractions, micro)
+    sizes = predictors.bucket_sizes(batch, fractions, micro)
     assert sizes == want
     for n in range(1, batch + 1):  # every count fits a bucket: no sample is ever dropped
-        assert inference.choose_bucket(n, sizes) >= n
+        assert predictors.choose_bucket(n, sizes) >= n
 
 
 def test_wrong_batch_size(setup):
     model, variables, images = setup
-    pred = inference.EarlyExitPredictor(model, variables, BATCH)
+    pred = predictors.EarlyExitPredictor(model, variables, BATCH)
     with pytest.raises(ValueError, match="Expected a batch of 16 images, got 8"):
         pred(images[:8], 0.5)
     with pytest.raises(ValueError, match="outside \\[0, 1\\]"):
         pred(images, 2.0)
     with pytest.raises(ValueError, match="multiple of micro_batch=5"):
-        inference.EarlyExitPredictor(model, variables, BATCH, micro_batch=5)
+        predictors.EarlyExitPredictor(model, variables, BATCH, micro_batch=5)
 
 
 @pytest.mark.parametrize("sharded,micro_batch,bucket", [(False, 0, None), (False, 0, 3),
@@ -105,7 +105,7 @@ def test_wrong_batch_size(setup):
 def test_stream_matches_per_batch_compaction(setup, sharded, micro_batch, bucket):
     model, variables, _ = setup
     sharding = NamedSharding(Mesh(np.array(jax.devices()), ("data",)), P("data")) if sharded else None
-    pred = inference.EarlyExitPredictor(model, variables, BATCH, sharding=sharding,
+    pred = predictors.EarlyExitPredictor(model, variables, BATCH, sharding=sharding,
                                         micro_batch=micro_batch)
     batches = [jax.random.normal(jax.random.key(10 + i), (BATCH, 64, 64, 3)) for i in range(5)]
     conf = np.concatenate([np.asarray(pred(x, 1.0)["confidence"]) for x in batches])
@@ -126,8 +126,8 @@ def test_stream_matches_per_batch_compaction(setup, sharded, micro_batch, bucket
 def test_stream_yields_each_batch_once_its_hard_samples_are_done(setup, monkeypatch):
     model, variables, _ = setup
     chex.clear_trace_counter()
-    monkeypatch.setattr(inference, "_focus_rows", chex.assert_max_traces(inference._focus_rows, n=1))
-    pred = inference.EarlyExitPredictor(model, variables, BATCH)
+    monkeypatch.setattr(predictors, "_focus_rows", chex.assert_max_traces(predictors._focus_rows, n=1))
+    pred = predictors.EarlyExitPredictor(model, variables, BATCH)
     batches = [jax.random.normal(jax.random.key(20 + i), (BATCH, 64, 64, 3)) for i in range(6)]
     conf = np.concatenate([jax.nn.softmax(model.apply(variables, x)["loc_logits"]).max(-1)
                            for x in batches])

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from lfvit_jax import integrity
+from lfvit_jax.io import integrity
 
 
 def words(x):

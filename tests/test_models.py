@@ -4,9 +4,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lfvit_jax import geometry, selection
+from lfvit_jax.models import geometry
+from lfvit_jax.models import selection
 from lfvit_jax import build_model
-from lfvit_jax.models import DeiT, LFViT
+from lfvit_jax.models.vit import DeiT
+from lfvit_jax.models.lfvit import LFViT
 
 TINY = dict(num_classes=5, width=32, depth=4, num_heads=2, mlp_dim=64, patch=8, img_size=64,
             region_size=3)

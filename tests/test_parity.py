@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from lfvit_jax import load_pretrained
-from lfvit_jax.resize import resize_align_corners
+from lfvit_jax.models.resize import resize_align_corners
 
 DATA = os.path.join(os.path.dirname(__file__), "testdata")
 DUMPS = ("tiny_7x7_m5_stress", "tiny_7x7_m4", "tiny_9x9_m6")

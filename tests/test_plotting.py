@@ -3,8 +3,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lfvit_jax import plotting, selection, sweep
-from lfvit_jax.geometry import Grid
+from lfvit_jax.evaluation import plotting
+from lfvit_jax.models import selection
+from lfvit_jax.tasks import sweep
+from lfvit_jax.models.geometry import Grid
 
 
 def test_region_and_tokens_match_the_selection():

@@ -7,7 +7,11 @@ import numpy as np
 import pytest
 
 import train_fakes
-from lfvit_jax import parallel, selection, tasks, train, workdir
+from lfvit_jax.core import parallel
+from lfvit_jax.models import selection
+from lfvit_jax import tasks
+from lfvit_jax.training import trainer
+from lfvit_jax.io import rundir
 from lfvit_jax.models import precision
 from lfvit_jax.models.vit import Dense
 from test_parity import DUMPS, load_dump
@@ -133,7 +137,7 @@ def test_bfloat16_training_keeps_float32_state_and_gradients_close():
     config = train_fakes.tiny_config()
     info = train_fakes.get_dataset_info(config.data)
     low_config = train_fakes.tiny_config(compute_dtype="bfloat16")
-    setup, low = train.Setup(config, info), train.Setup(low_config, info)
+    setup, low = trainer.Setup(config, info), trainer.Setup(low_config, info)
     state = setup.scratch_state()
     batch = next(train_fakes.train_iterator(config.data, config.batch_size, seed=0))
 
@@ -164,11 +168,11 @@ def test_unknown_precision_is_a_clear_error():
 def test_a_runs_precision_is_not_part_of_its_model(tmp_path):
     """eval/predict --precision and a resumed run may change matmul_dtype, nothing else."""
     run = train_fakes.tiny_config()
-    workdir.write_config(run, tmp_path)
+    rundir.write_config(run, tmp_path)
     other = train_fakes.tiny_config()
     other.model.matmul_dtype = "bfloat16"
-    workdir.check_same_model(other, tmp_path)
-    workdir.check_resumable(other, tmp_path)
+    rundir.check_same_model(other, tmp_path)
+    rundir.check_resumable(other, tmp_path)
     other.model.width = 64
     with pytest.raises(ValueError, match=r"model\.width"):
-        workdir.check_same_model(other, tmp_path)
+        rundir.check_same_model(other, tmp_path)

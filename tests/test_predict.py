@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lfvit_jax.data import cluttered_mnist_config
-from lfvit_jax.models import LFViT
-from lfvit_jax.predict import predict
+from lfvit_jax.data.defaults import cluttered_mnist_config
+from lfvit_jax.models.lfvit import LFViT
+from lfvit_jax.inference.predict import predict
 
 TINY = dict(num_classes=10, width=32, depth=2, num_heads=2, mlp_dim=64, patch=8, img_size=64,
             region_size=2)

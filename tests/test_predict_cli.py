@@ -12,11 +12,14 @@ from PIL import Image
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import main  # noqa: E402  (the repository's entry point)
 
-from lfvit_jax import cli, convert, load_pretrained, train  # noqa: E402
-from lfvit_jax.config_args import load_config  # noqa: E402
-from lfvit_jax.data import imagenet_config  # noqa: E402
+from lfvit_jax import load_pretrained
+from lfvit_jax.cli import app
+from lfvit_jax.cli import convert
+from lfvit_jax.training import trainer  # noqa: E402
+from lfvit_jax.core.config_args import load_config  # noqa: E402
+from lfvit_jax.data.defaults import imagenet_config  # noqa: E402
 from lfvit_jax.data import pipeline  # noqa: E402
-from lfvit_jax.inputs import preprocess  # noqa: E402
+from lfvit_jax.inference.inputs import preprocess  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # Weights written by the official implementation (tests/testdata): width 48, 12 blocks, 3 heads,
@@ -29,7 +32,7 @@ TINY_FLAGS = ["--config=configs/lfvit_deit_s.py:res=224,m=4", "--config.model.wi
 
 def run_main(args):
     """main.py in this process (fresh flags each time); returns its exit status."""
-    return cli.run(main.define_flags, main.main, ["main.py"] + [str(a) for a in args])
+    return app.run(main.define_flags, main.main, ["main.py"] + [str(a) for a in args])
 
 
 @pytest.fixture
@@ -106,7 +109,7 @@ def trained(tmp_path_factory):
         config = load_config(f"demo.py:{arg}")
         config.data.data_dir = str(root / "data")
         config.eval_batch_size = 200  # a multiple of conftest's 8 devices
-        train.train_and_evaluate(config, str(root / name))
+        trainer.train_and_evaluate(config, str(root / name))
         runs[name] = root / name
     return runs
 

@@ -7,7 +7,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from lfvit_jax.data import cluttered_mnist_config, pipeline
+from lfvit_jax.data.defaults import cluttered_mnist_config
+from lfvit_jax.data import pipeline
 from processes import ROOT, TESTS, finish, launch
 
 

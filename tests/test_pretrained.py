@@ -7,8 +7,9 @@ import jax
 import numpy as np
 import pytest
 
-from lfvit_jax import convert
-from lfvit_jax.pretrained import load_pretrained, resample_pos_embed
+from lfvit_jax.cli import convert
+from lfvit_jax.io.state_dict import resample_pos_embed
+from lfvit_jax.weights.pretrained import load_pretrained
 
 WEIGHTS = os.path.join(os.path.dirname(__file__), "testdata", "tiny_7x7_m4", "weights.npz")
 

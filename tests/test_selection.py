@@ -4,8 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lfvit_jax import selection
-from lfvit_jax.geometry import Grid
+from lfvit_jax.models import selection
+from lfvit_jax.models.geometry import Grid
 
 
 def np_window_scores(grid, m):

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from lfvit_jax import sweep
+from lfvit_jax.tasks import sweep
 
 GFLOPS = {"stage1_gflops": 1.1, "stage12_gflops": 3.8}
 

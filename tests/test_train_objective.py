@@ -4,7 +4,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lfvit_jax import objective, optim, tasks
+from lfvit_jax.tasks import objective
+from lfvit_jax.training import optim
+from lfvit_jax import tasks
 from train_fakes import tiny_config
 
 

@@ -14,7 +14,8 @@ import orbax.checkpoint as ocp
 import pytest
 
 import train_fakes
-from lfvit_jax import train, workdir as rundir
+from lfvit_jax.training import trainer
+from lfvit_jax.io import rundir
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(TESTS)
@@ -90,7 +91,7 @@ def test_workdir_of_another_model_is_refused(tmp_path):
     other = train_fakes.tiny_config()
     other.model.width = 64
     with pytest.raises(ValueError, match="holds a run with a different \\['model.width'\\]"):
-        train.train_and_evaluate(other, str(tmp_path), train_fakes.Dataset(other.data))
+        trainer.train_and_evaluate(other, str(tmp_path), train_fakes.Dataset(other.data))
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, env):

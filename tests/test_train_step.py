@@ -5,12 +5,13 @@ import pytest
 from jax.sharding import Mesh
 
 import train_fakes
-from lfvit_jax import parallel, train
+from lfvit_jax.core import parallel
+from lfvit_jax.training import trainer
 
 
 def run_steps(config, mesh, state, steps=2, phase="whole"):
     """`steps` updates from `state` (re-placed onto this setup's shardings)."""
-    setup = train.Setup(config, train_fakes.get_dataset_info(config.data), mesh=mesh)
+    setup = trainer.Setup(config, train_fakes.get_dataset_info(config.data), mesh=mesh)
     state = jax.device_put(state, setup.shardings)
     it = train_fakes.train_iterator(config.data, config.batch_size, seed=0)
     losses = []
@@ -22,7 +23,7 @@ def run_steps(config, mesh, state, steps=2, phase="whole"):
 
 
 def initial(config):
-    setup = train.Setup(config, train_fakes.get_dataset_info(config.data))
+    setup = trainer.Setup(config, train_fakes.get_dataset_info(config.data))
     return jax.device_get(setup.scratch_state())
 
 
@@ -60,7 +61,7 @@ def test_fsdp_accumulation_and_ema_match_plain_data_parallel():
     want = jax.tree.map(lambda p0, p1, p2: 0.25 * p0 + 0.25 * p1 + 0.5 * p2, state["params"],
                         s_one["params"], s_plain["params"])
     assert_trees_close(s_other["ema"], want, rtol=1e-4)
-    fsdp = train.Setup(other, train_fakes.get_dataset_info(other.data),
+    fsdp = trainer.Setup(other, train_fakes.get_dataset_info(other.data),
                        mesh=mesh).shardings["params"]
     assert fsdp["blocks_0"]["mlp"]["fc1"]["kernel"].spec == jax.sharding.PartitionSpec(None, "data")
 
@@ -68,12 +69,12 @@ def test_fsdp_accumulation_and_ema_match_plain_data_parallel():
 def test_guards():
     with pytest.raises(ValueError, match="does not divide over 8 devices"):
         config = train_fakes.tiny_config(batch_size=12)
-        train.Setup(config, train_fakes.get_dataset_info(config.data))
+        trainer.Setup(config, train_fakes.get_dataset_info(config.data))
     config = train_fakes.tiny_config()
     config.warmup_epoch = 3
     with pytest.raises(ValueError, match="Unknown config keys \\['warmup_epoch'\\]"):
-        train.Setup(config, train_fakes.get_dataset_info(config.data))
+        trainer.Setup(config, train_fakes.get_dataset_info(config.data))
     config = train_fakes.tiny_config()
     config.model.num_classes = 10
     with pytest.raises(ValueError, match="num_classes=10 but the dataset has num_classes=4"):
-        train.Setup(config, train_fakes.get_dataset_info(config.data))
+        trainer.Setup(config, train_fakes.get_dataset_info(config.data))

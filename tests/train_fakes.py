@@ -12,7 +12,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from lfvit_jax import recipes
+from lfvit_jax.training import recipes
 
 
 def data_config(image_size=32, num_classes=4, train_examples=64, eval_examples=20, delay=0.0,
@@ -116,9 +116,9 @@ def tiny_config(name="lfvit", **overrides):
 if __name__ == "__main__":
     # python tests/train_fakes.py WORKDIR DELAY NAN_FROM_BATCH: the loop test's training run,
     # 8 steps of 16 (region selection from step 4, a checkpoint every 2 steps).
-    from lfvit_jax import train
+    from lfvit_jax.training import trainer
     workdir, delay, nan_from = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
     config = tiny_config(total_epochs=2.0, selection_start_epoch=1.0, eval_every_epochs=2.0,
                          checkpoint_every_steps=2)
     config.data.update(delay=delay, nan_from_batch=nan_from)
-    train.train_and_evaluate(config, workdir, Dataset(config.data))
+    trainer.train_and_evaluate(config, workdir, Dataset(config.data))

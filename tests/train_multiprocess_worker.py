@@ -10,13 +10,14 @@ import sys
 import jax
 
 import train_fakes
-from lfvit_jax import parallel, train
+from lfvit_jax.core import parallel
+from lfvit_jax.training import trainer
 
 STEPS = 3
 
 
 def losses(config):
-    setup = train.Setup(config, train_fakes.get_dataset_info(config.data))
+    setup = trainer.Setup(config, train_fakes.get_dataset_info(config.data))
     state = setup.scratch_state()
     it = train_fakes.train_iterator(config.data, config.batch_size, seed=config.seed)
     out = []

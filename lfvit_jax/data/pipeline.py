@@ -21,10 +21,11 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from lfvit_jax import storage
 from lfvit_jax.data import augment, cluttered_mnist, randaugment
+from lfvit_jax.data.convert import IMAGENET_LABELS
+from lfvit_jax.io import storage
 
-_PREPARE = "python -m lfvit_jax.data.prepare"
+_PREPARE = "python -m lfvit_jax.cli.prepare"
 
 
 def data_dir(data_cfg):
@@ -435,7 +436,6 @@ class Dataset:
 def class_names(data_cfg):
     """Class names known without opening the dataset (ImageNet, cluttered MNIST), else None."""
     if data_cfg.name == "imagenet2012":
-        from lfvit_jax.data.convert import IMAGENET_LABELS
         return tfds.core.tfds_path(IMAGENET_LABELS).read_text().split()
     if data_cfg.name == "cluttered_mnist":
         return list(cluttered_mnist.CLASS_NAMES)

@@ -12,9 +12,9 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from lfvit_jax import geometry, selection
+from lfvit_jax.models import geometry, selection
 from lfvit_jax.models.vit import Mlp, VitTrunk, check_images, layer_norm, trunc_normal
-from lfvit_jax.resize import resize_align_corners
+from lfvit_jax.models.resize import resize_align_corners
 
 FOCUS_MODES = ("region", "whole")
 

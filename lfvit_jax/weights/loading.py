@@ -9,7 +9,10 @@ import jax
 import numpy as np
 from etils import epath
 
-from lfvit_jax import checkpoint, parallel, tasks
+from lfvit_jax import tasks
+from lfvit_jax.core import parallel
+from lfvit_jax.io import checkpoint
+from lfvit_jax.weights.pretrained import load_pretrained
 
 
 @dataclasses.dataclass
@@ -22,7 +25,6 @@ class Loaded:
 
 def pretrained_params(config, task, target):
     """config.init_from's parameters as global arrays shaped and sharded like `target`."""
-    from lfvit_jax.pretrained import load_pretrained
     overrides = {k: v for k, v in dict(config.model).items() if k != "variant"}
     _, variables = load_pretrained(config.init_from, **overrides)
     checkpoint.check_shapes(variables["params"], target, f"config.init_from={config.init_from}")

@@ -1,10 +1,10 @@
 """Prepares datasets as tfds array_record datasets, without TensorFlow.
 
-  python -m lfvit_jax.data.prepare cluttered_mnist [--data_dir DIR]
-  python -m lfvit_jax.data.prepare folder ROOT --name NAME [--data_dir DIR] [--workers N]
-  python -m lfvit_jax.data.prepare imagenet2012 --manual_dir DIR_WITH_TARS [--data_dir DIR]
-  python -m lfvit_jax.data.prepare tfds NAME [--data_dir DIR]
-  python -m lfvit_jax.data.prepare copy NAME --source gs://BUCKET/data [--data_dir DIR]
+  python -m lfvit_jax.cli.prepare cluttered_mnist [--data_dir DIR]
+  python -m lfvit_jax.cli.prepare folder ROOT --name NAME [--data_dir DIR] [--workers N]
+  python -m lfvit_jax.cli.prepare imagenet2012 --manual_dir DIR_WITH_TARS [--data_dir DIR]
+  python -m lfvit_jax.cli.prepare tfds NAME [--data_dir DIR]
+  python -m lfvit_jax.cli.prepare copy NAME --source gs://BUCKET/data [--data_dir DIR]
 
 cluttered_mnist is embedded (seconds, offline); folder reads ROOT/<split>/<class>/<image> ('val'
 is stored as 'validation'); folder and imagenet2012 resume when rerun; tfds uses the dataset's own
@@ -19,8 +19,9 @@ import ml_collections
 import tensorflow_datasets as tfds
 from absl import app, flags
 
-from lfvit_jax import cli, storage
+from lfvit_jax.cli import app as cli
 from lfvit_jax.data import convert, pipeline
+from lfvit_jax.io import storage
 
 
 def _folder_version(name):

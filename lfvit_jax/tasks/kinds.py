@@ -1,14 +1,19 @@
-"""What each model kind means to the rest of the code: a task wraps one model and owns its phases,
-loss, evaluation outputs, summary, figures, FLOPs, predictor and foreign-weight mapping. Training,
-evaluation, prediction and loading never ask which kind they hold: only this module knows.
+"""The two model kinds as tasks: a task wraps one model and owns its training phases, loss,
+evaluation outputs, summary, FLOPs, prediction record and foreign-weight mapping.
 """
+import logging
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lfvit_jax import flops, objective, plotting, reports, sweep
-from lfvit_jax.inference import EarlyExitPredictor, SinglePassPredictor
-from lfvit_jax.models import DeiT, LFViT, resolve_width
+from lfvit_jax.io.state_dict import deit_into_lfvit
+from lfvit_jax.models import flops
+from lfvit_jax.models.lfvit import LFViT
+from lfvit_jax.models.vit import DeiT, resolve_width
+from lfvit_jax.tasks import objective, sweep
+
+log = logging.getLogger(__name__)
 
 
 def _masked_mean(x, mask):
@@ -48,8 +53,12 @@ class Task:
         """(state_dict, prefixes of Flax paths that may stay freshly initialised)."""
         return sd, ()
 
-    def predictor(self, variables, batch_size, sharding=None, micro_batch=0):
-        return SinglePassPredictor(self.model, variables, batch_size, sharding, micro_batch)
+    def record(self, out, k):
+        """Sample k's prediction: its class and confidence, from a predictor's host outputs."""
+        logits = out["logits"][k].astype(np.float64)
+        probs = np.exp(logits - logits.max())
+        probs /= probs.sum()
+        return {"class": int(probs.argmax()), "confidence": float(probs.max())}
 
 
 class DeiTTask(Task):
@@ -85,9 +94,6 @@ class DeiTTask(Task):
 
     def format_summary(self, summary):
         return f"top-1 {100 * summary['top1']:.2f}%  GFLOPs/image {summary['gflops']:.4f}"
-
-    def figures(self, arrays, summary, images, data_cfg, baseline=None):
-        return {}
 
 
 class LFViTTask(Task):
@@ -156,27 +162,24 @@ class LFViTTask(Task):
         head += f"   (DeiT of this backbone: {summary['deit_gflops']:.4f} GFLOPs)"
         return head + "\n" + sweep.format_table(summary["exit"])
 
-    def figures(self, arrays, summary, images, data_cfg, baseline=None):
-        """The budget curve, the stage counts and, given images, the regions over them."""
-        out = {"budget_curve.png": plotting.budget_curve_figure(summary["exit"], baseline),
-               "stage_counts.png": plotting.stage_counts_figure(summary["exit"])}
-        if images is not None and len(images):
-            out["overlays.png"] = reports.overlays_figure(self.grid, arrays, images, data_cfg)
-        return out
-
-    def predictor(self, variables, batch_size, sharding=None, micro_batch=0):
-        return EarlyExitPredictor(self.model, variables, batch_size, sharding=sharding,
-                                  micro_batch=micro_batch)
+    def record(self, out, k):
+        """Which stage decided, what localization said, and where the region lies."""
+        row = super().record(out, k)
+        row.update(stage=1 if out["exited"][k] else 2,
+                   loc_class=int(out["loc_logits"][k].argmax()),
+                   loc_confidence=float(out["confidence"][k]),
+                   region_box=self.grid.region_boxes(out["region"][k]).tolist(),
+                   kept_tokens=out["coarse_index"][k].tolist())
+        return row
 
     def adapt_state_dict(self, sd):
         """A timm DeiT state_dict gets LF-ViT's two position embeddings (its reuse block stays
         fresh); without fusion, the checkpoint's reuse block is dropped."""
-        from lfvit_jax import pretrained
         fresh = ()
         if "pos_embed" in sd:
-            sd, fresh = pretrained.deit_into_lfvit(sd, self.model.h1), ("reuse_block_",)
+            sd, fresh = deit_into_lfvit(sd, self.model.h1), ("reuse_block_",)
         if not self.model.fusion and any(k.startswith("reuse_block.") for k in sd):
-            pretrained.log.warning("fusion=False: the checkpoint's reuse block is not used.")
+            log.warning("fusion=False: the checkpoint's reuse block is not used.")
             sd = {k: v for k, v in sd.items() if not k.startswith("reuse_block.")}
         return sd, fresh
 

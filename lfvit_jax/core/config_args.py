@@ -1,7 +1,7 @@
 """The small argument language of config files: `configs/x.py:runlocal,res=288,m=6`."""
 import ml_collections
 
-from lfvit_jax.cli import UsageError
+from lfvit_jax.core.errors import UsageError
 
 BOOLEANS = {"true": True, "1": True, "false": False, "0": False}
 
@@ -56,8 +56,8 @@ def load_config(spec):
     import pathlib
 
     path, _, arg = spec.partition(":")
-    here = pathlib.Path(__file__).resolve().parent
-    candidates = [pathlib.Path(path), here / "configs" / path, here.parent / "configs" / path]
+    package = pathlib.Path(__file__).resolve().parents[1]
+    candidates = [pathlib.Path(path), package / "configs" / path, package.parent / "configs" / path]
     found = next((c for c in candidates if c.is_file()), None)
     if found is None:
         raise UsageError(f"Config {path!r} not found; looked at {[str(c) for c in candidates]}.")

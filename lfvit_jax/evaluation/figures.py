@@ -3,12 +3,12 @@ paper's Figure 6), budget_curve.png (Figure 4), stage_counts.png (Figure 7), eas
 figures.json (the numbers behind them). README.md, "Figures", gives the commands.
 """
 import json
-import sys
 
 import numpy as np
 from etils import epath
 
-from lfvit_jax import cli, plotting, reports, sweep
+from lfvit_jax.evaluation import plotting, reports
+from lfvit_jax.tasks import sweep
 
 
 def confidences(arrays):
@@ -104,37 +104,3 @@ def baseline_point(run_dir):
     if "exit" in result:
         raise ValueError(f"--baseline {run_dir} is an LF-ViT run; give a baseline (DeiT) run.")
     return result["gflops"], result["top1"], "baseline ViT"
-
-
-def main(workdir, out=None, threshold=None, baseline=None):
-    from lfvit_jax import demo, workdir as rundir
-
-    cfg = rundir.read_config(workdir)
-    if cfg is None:
-        raise ValueError(f"{workdir} holds no finished run (no config.json); train one with "
-                         "python main.py --config configs/demo.py --workdir ...")
-    task, arrays, summary, images = demo.evaluate_split(cfg, workdir)
-    threshold = half_exit_threshold(arrays) if threshold is None else threshold
-    numbers = write_all(task.grid, arrays, summary, images, cfg.data,
-                        out or epath.Path(workdir) / "figures", threshold,
-                        baseline_point(baseline) if baseline else None)
-    numbers.pop("sweep")
-    print(json.dumps(numbers))
-
-
-def define_flags(fv, argv):
-    del argv
-    from absl import flags
-    d = dict(flag_values=fv)
-    flags.DEFINE_string("workdir", None, "a finished demo run (main.py --workdir)", **d)
-    flags.DEFINE_string("out", None, "folder for the figures (default: WORKDIR/figures)", **d)
-    flags.DEFINE_float("threshold", None, "exit threshold eta in the panel titles (default: "
-                       "the median localization confidence: about half the images exit)", **d)
-    flags.DEFINE_string("baseline", None, "a finished baseline run (configs/demo.py:baseline): "
-                        "its point joins the budget curve", **d)
-    flags.mark_flags_as_required(["workdir"], **d)
-
-
-if __name__ == "__main__":
-    sys.exit(cli.run(define_flags, lambda FLAGS: main(FLAGS.workdir, FLAGS.out, FLAGS.threshold,
-                                                      FLAGS.baseline)))

@@ -24,8 +24,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lfvit_jax import parallel
-from lfvit_jax.exit_queue import FocusQueue
+from lfvit_jax import tasks
+from lfvit_jax.core import parallel
+from lfvit_jax.inference.exit_queue import FocusQueue
 from lfvit_jax.models import precision
 from lfvit_jax.models.lfvit import LFViT, check_threshold, exit_decision
 
@@ -93,7 +94,7 @@ class Predictor:
 
 class SinglePassPredictor(Predictor):
     """A classifier without early exit behind the predictors' interface: one pass decides every
-    image (`exited` is all True, `loc_logits` and `logits` are its logits)."""
+    image, and its outputs are the logits alone (the threshold is not used)."""
 
     def __init__(self, model, variables, batch_size, sharding=None, micro_batch=0):
         super().__init__(model, variables, batch_size, sharding, micro_batch)
@@ -307,7 +308,13 @@ def _masked(model, variables, images, threshold):
 
 
 def _classify(model, variables, images):
-    logits = model.apply(variables, images)["logits"]
-    confidence = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).max(axis=-1)
-    return {"logits": logits, "loc_logits": logits, "confidence": confidence,
-            "exited": jnp.ones(logits.shape[:1], bool)}
+    return {"logits": model.apply(variables, images)["logits"]}
+
+
+PREDICTORS = {tasks.LFViTTask: EarlyExitPredictor, tasks.DeiTTask: SinglePassPredictor}
+
+
+def for_task(task, variables, batch_size, sharding=None, micro_batch=0):
+    """The predictor of a task's kind: early exit for LF-ViT, one pass for DeiT."""
+    return PREDICTORS[type(task)](task.model, variables, batch_size, sharding=sharding,
+                                  micro_batch=micro_batch)

@@ -6,8 +6,9 @@ import sys
 import jax
 import numpy as np
 
-from lfvit_jax import cli, tasks
-from lfvit_jax.pretrained import load_pretrained, save_converted
+from lfvit_jax import tasks
+from lfvit_jax.cli import app
+from lfvit_jax.weights.pretrained import load_pretrained, save_converted
 
 OVERRIDES = ("name", "num_heads", "region_size", "img_size")
 
@@ -45,4 +46,4 @@ def main(FLAGS):
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(define_flags, main))
+    sys.exit(app.run(define_flags, main))

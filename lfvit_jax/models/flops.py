@@ -6,14 +6,10 @@ GELU and additions 0; stage 2 without its classifier head. XLA counts what this 
 runs, which skips some of that work (`skipped_gflops`).
 """
 import collections
-import json
-import sys
-
 import jax
 import jax.numpy as jnp
 
-from lfvit_jax import cli
-from lfvit_jax.models import DeiT
+from lfvit_jax.models.vit import DeiT
 
 
 def block_flops(n, width, mlp_dim):
@@ -156,25 +152,3 @@ def lfvit_report(model, focus_mode="region"):
                  + (", and only the selected patches are embedded and fused."
                     if focus_mode == "region" else "."))
     return "\n".join(lines), out
-
-
-def define_flags(fv, argv):
-    from absl import flags
-    from ml_collections import config_flags
-    config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py:arg).",
-                                    lock_config=True, sys_argv=argv, flag_values=fv)
-    flags.DEFINE_enum("focus", "region", ["region", "whole"],
-                      "Focus stage on the selected region (inference) or the whole image (first "
-                      "training phase).", flag_values=fv)
-    flags.mark_flags_as_required(["config"], flag_values=fv)
-
-
-def main(FLAGS):
-    from lfvit_jax import tasks
-    table, out = tasks.build(FLAGS.config.model).flops_report(FLAGS.focus)
-    print(table)
-    print(json.dumps(out))
-
-
-if __name__ == "__main__":
-    sys.exit(cli.run(define_flags, main))

@@ -13,8 +13,8 @@ import warnings
 from absl import app, flags
 from absl import logging as absl_logging
 
-class UsageError(ValueError):
-    """A wrong command line, flag value or config argument (exit status 2)."""
+from lfvit_jax.core.config_args import load_config
+from lfvit_jax.core.errors import UsageError
 
 
 def run(define, main, argv=None):
@@ -151,7 +151,6 @@ def _spec(name, argv):
 
 def _loaded_config(fv, name, argv):
     """The config flag's ConfigDict, loaded again from argv when parsing stopped before it."""
-    from lfvit_jax.config_args import load_config
     value = fv[name].value
     if value is not None and type(value).__name__ != "_ErrorConfig":
         return value

@@ -1,5 +1,5 @@
 """Writing an evaluation's results: `eval_arrays.npz` (per-example arrays), `eval_result.json`
-(the task's summary) and its figures; reading them back; the regions-over-images figure."""
+(the task's summary) and the figures of its kind; reading them back."""
 import io
 import json
 
@@ -7,7 +7,8 @@ import jax
 import numpy as np
 from etils import epath
 
-from lfvit_jax import plotting
+from lfvit_jax import tasks
+from lfvit_jax.evaluation import plotting
 
 ARRAYS_FILE = "eval_arrays.npz"
 RESULT_FILE = "eval_result.json"
@@ -30,7 +31,8 @@ def save_eval(task, out_dir, arrays, summary, images, data_cfg):
     first images to be the arrays' first rows: true for a single process."""
     if jax.process_index() == 0:
         images = images if jax.process_count() == 1 else None
-        write_eval(out_dir, arrays, summary, task.figures(arrays, summary, images, data_cfg))
+        figures = FIGURES.get(type(task), lambda *_: {})(task, arrays, summary, images, data_cfg)
+        write_eval(out_dir, arrays, summary, figures)
 
 
 def save_figure(fig, path):
@@ -67,3 +69,15 @@ def overlays_figure(grid, arrays, images, data_cfg, threshold=0.76, ncols=4):
         [plotting.to_display(x, data_cfg.mean, data_cfg.std) for x in images],
         grid.region_boxes(arrays["region"][:n]), grid.fine_children(arrays["coarse_index"][:n]),
         grid.patch, titles, arrays["bbox"][:n] if "bbox" in arrays else None, ncols)
+
+
+def lfvit_figures(task, arrays, summary, images, data_cfg):
+    """The budget curve, the stage counts and, given images, the regions over them."""
+    out = {"budget_curve.png": plotting.budget_curve_figure(summary["exit"]),
+           "stage_counts.png": plotting.stage_counts_figure(summary["exit"])}
+    if images is not None and len(images):
+        out["overlays.png"] = overlays_figure(task.grid, arrays, images, data_cfg)
+    return out
+
+
+FIGURES = {tasks.LFViTTask: lfvit_figures}  # a DeiT evaluation draws none

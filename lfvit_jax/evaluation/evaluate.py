@@ -1,16 +1,19 @@
 """Running a model over an evaluation split, and matching a baseline's accuracy
-(`python -m lfvit_jax.evaluate --workdir LFVIT_RUN --baseline DEIT_RUN`). The task's summaries are
+(`python -m lfvit_jax.cli.match --workdir LFVIT_RUN --baseline DEIT_RUN`). The task's summaries are
 computed from the per-example arrays, so a threshold sweep never runs the model again.
 """
 import json
-import sys
 
 import jax
 import numpy as np
-from absl import flags
 from jax.experimental import multihost_utils
 
-from lfvit_jax import cli, loading, parallel, reports, sweep, workdir as rundir
+from lfvit_jax.core import parallel
+from lfvit_jax.data.pipeline import Dataset
+from lfvit_jax.evaluation import reports
+from lfvit_jax.io import rundir
+from lfvit_jax.tasks import sweep
+from lfvit_jax.weights import loading
 
 
 def make_eval_step(task, param_shardings, mesh):
@@ -40,7 +43,6 @@ def run(eval_step, params, batches, mesh, preview=16):
 def evaluate_weights(config, workdir, which="latest", dataset=None, preview=16):
     """(loaded, arrays, summary, images): `run` over the eval split with the weights found."""
     if dataset is None:
-        from lfvit_jax.data import Dataset
         dataset = Dataset(config.data)
     if config.data.get("num_classes") and config.data.num_classes != config.model.num_classes:
         raise ValueError(f"config.model.num_classes={config.model.num_classes} but the data has "
@@ -83,19 +85,3 @@ def match_baseline(lfvit_dir, baseline_dir, num=1001):
     if best is not None:
         out.update(best, flops_ratio=best["gflops"] / base["gflops"])
     return out
-
-
-def define_flags(fv, argv):
-    del argv
-    flags.DEFINE_string("workdir", None, "A finished LF-ViT training run.", flag_values=fv)
-    flags.DEFINE_string("baseline", None, "A finished baseline (DeiT) run of the same data.",
-                        flag_values=fv)
-    flags.mark_flags_as_required(["workdir", "baseline"], flag_values=fv)
-
-
-def main(FLAGS):
-    print(json.dumps(match_baseline(FLAGS.workdir, FLAGS.baseline)))
-
-
-if __name__ == "__main__":
-    sys.exit(cli.run(define_flags, main))

@@ -1,9 +1,9 @@
 """Sections shared by the configs: the DeiT-S model, DeiT's recipe and the `runlocal` shrink."""
 import ml_collections
 
-from lfvit_jax import data
-from lfvit_jax.cli import UsageError
-from lfvit_jax.models import VARIANTS
+from lfvit_jax.data import defaults
+from lfvit_jax.core.errors import UsageError
+from lfvit_jax.models.vit import VARIANTS
 
 RUNLOCAL_COARSE = 4  # runlocal's coarse grid side: 64 px, patch 8, coarse tokens of 2x2 patches
 
@@ -50,7 +50,7 @@ def runlocal(config, given=()):
         raise UsageError(f"m={config.model.region_size} does not fit runlocal's "
                          f"{RUNLOCAL_COARSE}x{RUNLOCAL_COARSE} coarse grid; use m in "
                          f"[1, {RUNLOCAL_COARSE}].")
-    config.data = data.cluttered_mnist_config()
+    config.data = defaults.cluttered_mnist_config()
     config.model.update(num_classes=10, img_size=64, patch=8, width=32, depth=2, num_heads=2,
                         mlp_dim=64)
     if "region_size" in config.model:  # a model with regions: fit them to the tiny grid

@@ -15,8 +15,13 @@ import jax
 import numpy as np
 from etils import epath
 
-from lfvit_jax import loading, parallel, plotting, reports, tasks, workdir as rundir
-from lfvit_jax.inputs import item_name, list_inputs, read_items
+from lfvit_jax import tasks
+from lfvit_jax.core import parallel
+from lfvit_jax.evaluation import plotting, reports
+from lfvit_jax.inference import predictors
+from lfvit_jax.inference.inputs import item_name, list_inputs, read_items
+from lfvit_jax.io import rundir
+from lfvit_jax.weights import loading
 
 SAVE_LOGITS = ("final", "all")
 log = logging.getLogger(__name__)
@@ -42,23 +47,15 @@ def save_overlay(path, image, record, grid, data_cfg):
     reports.save_figure(fig, path)
 
 
-def _record(name, out, k, grid, class_names):
-    """One image's line of predictions.jsonl."""
-    logits = out["logits"][k]
-    if not (np.isfinite(logits).all() and np.isfinite(out["loc_logits"][k]).all()):
+def _record(task, name, out, k, class_names):
+    """One image's line of predictions.jsonl: the task's fields, or an error."""
+    finite = all(np.isfinite(v[k]).all() for key, v in out.items() if key.endswith("logits"))
+    if not finite:
         return {"file": name, "class": None, "error": "the model's outputs are not finite (NaN "
                 "or inf): check that the input is a normalized image and the weights are intact"}
-    probs = np.exp(logits.astype(np.float64) - logits.max())
-    probs /= probs.sum()
-    record = {"file": name, "class": int(probs.argmax())}
+    record = {"file": name, **task.record(out, k)}
     if class_names is not None:
         record["class_name"] = class_names[record["class"]]
-    region = grid is not None
-    record.update(confidence=float(probs.max()), stage=1 if out["exited"][k] else 2,
-                  loc_class=int(out["loc_logits"][k].argmax()),
-                  loc_confidence=float(out["confidence"][k]),
-                  region_box=grid.region_boxes(out["region"][k]).tolist() if region else None,
-                  kept_tokens=out["coarse_index"][k].tolist() if region else None)
     return record
 
 
@@ -81,7 +78,7 @@ def predict(model, variables, inputs, data_cfg, out_dir, threshold, batch_size=3
                          "processes.")
     task = tasks.for_model(model)
     files = list_inputs(inputs)
-    predictor = task.predictor(variables, batch_size, sharding)
+    predictor = predictors.for_task(task, variables, batch_size, sharding)
     if overlays_dir:
         epath.Path(overlays_dir).mkdir(parents=True, exist_ok=True)
     size, grid, share = model.img_size, task.grid, batch_size // processes
@@ -132,7 +129,7 @@ def predict(model, variables, inputs, data_cfg, out_dir, threshold, batch_size=3
                 if i < 0:
                     continue
                 name = item_name(files[i], j)
-                records.append(_record(name, out, k, grid, class_names))
+                records.append(_record(task, name, out, k, class_names))
                 keys.append((i, j))
                 for key in ("logits", "loc_logits", "focus_logits", "exited", "region"):
                     if key in out:
@@ -149,10 +146,11 @@ def predict(model, variables, inputs, data_cfg, out_dir, threshold, batch_size=3
     classified = [r for r in records if "error" not in r]
     summary = {"images": len(files), "predicted": len(classified), "skipped": len(skipped),
                "nonfinite": len(records) - len(classified),
-               "exited_fraction": (float(np.mean([r["stage"] == 1 for r in classified]))
-                                   if classified else 0.0),
                "img_per_sec": len(records) / seconds if seconds > 0 else 0.0,
                "threshold": threshold, "out_dir": os.fspath(out_dir)}
+    staged = [r["stage"] for r in classified if "stage" in r]  # early exit: which stage decided
+    if staged:
+        summary["exited_fraction"] = float(np.mean(np.equal(staged, 1)))
     if jax.process_index() == 0:
         _write(out_dir, records, arrays)
     if overlays_dir:
@@ -176,7 +174,7 @@ def _write(out_dir, records, arrays):
 def predict_checkpoint(config, workdir, inputs, threshold, batch_size, output=None,
                        overwrite=False, save_logits="final", overlays_dir=None, which="latest"):
     """`main.py --mode=predict`: the weights `loading.load` finds; no dataset is opened."""
-    from lfvit_jax.data import class_names
+    from lfvit_jax.data.pipeline import class_names
 
     mesh = parallel.make_mesh()
     loaded = loading.load(config, workdir, which, mesh)

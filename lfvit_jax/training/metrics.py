@@ -6,7 +6,7 @@ import time
 
 import jax
 
-from lfvit_jax import storage
+from lfvit_jax.io import storage
 
 METRICS_FILE = "metrics.jsonl"
 

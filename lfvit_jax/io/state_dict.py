@@ -1,9 +1,8 @@
-"""One-line loading of LF-ViT / CF-ViT / timm DeiT weights, and the project's own checkpoint format.
-PyTorch names map to Flax paths by rule (`blocks.3.attn.qkv.weight` -> `blocks_3/attn/qkv/kernel`):
-Linear weights are transposed, conv weights go OIHW -> HWIO, LayerNorm `weight` becomes `scale`.
+"""PyTorch state_dicts as Flax parameters. Names map by rule (`blocks.3.attn.qkv.weight` ->
+`blocks_3/attn/qkv/kernel`): Linear weights are transposed, conv weights go OIHW -> HWIO, LayerNorm
+`weight` becomes `scale`. Reading .pth files needs PyTorch; .npz files of the arrays do not.
 """
 import io
-import json
 import logging
 import math
 import os
@@ -14,13 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from lfvit_jax import storage, tasks
-from lfvit_jax.models import VARIANTS
+from lfvit_jax.io import storage
 
 log = logging.getLogger(__name__)
-
-CONFIG_FILE = "model_config.json"
-PARAMS_DIR = "params"
 
 
 def to_flax(torch_name, array):
@@ -74,7 +69,7 @@ def read_state_dict(path, allow_pickle=False):
         sd = {k: v.detach().cpu().float().numpy() for k, v in obj.items() if hasattr(v, "detach")}
     else:
         raise ValueError(f"Unrecognised checkpoint {path!r}: expected a .pth/.pt state_dict, an .npz "
-                         "of state_dict arrays, or a directory written by `python -m lfvit_jax.convert`.")
+                         "of state_dict arrays, or a directory written by `python -m lfvit_jax.cli.convert`.")
     for k, v in sd.items():
         if not np.issubdtype(v.dtype, np.floating):
             raise ValueError(f"{path}: {k} is {v.dtype}; weights must be floating point.")
@@ -83,45 +78,17 @@ def read_state_dict(path, allow_pickle=False):
     return {k.removeprefix("module."): np.asarray(v, np.float32) for k, v in sd.items()}
 
 
-def _grid_side(num_tokens, what):
+def grid_side(num_tokens, what):
     side = math.isqrt(num_tokens - 1)
     if side * side != num_tokens - 1:
         raise ValueError(f"{what} has {num_tokens} tokens, not 1 + a square grid.")
     return side
 
 
-def infer_config(sd):
-    """Architecture settings readable from tensor shapes."""
-    if "cls_token" not in sd or "patch_embed.proj.weight" not in sd:
-        raise ValueError("Not a ViT state_dict: no cls_token / patch_embed.proj.weight. "
-                         f"First keys: {sorted(sd)[:5]}")
-    if "dist_token" in sd:
-        raise ValueError("Distilled DeiT checkpoints (with dist_token) are not supported: their "
-                         "position embedding has an extra slot. Use a plain DeiT state_dict.")
-    width = sd["cls_token"].shape[-1]
-    patch = sd["patch_embed.proj.weight"].shape[-1]
-    depth = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
-    cfg = {"width": width, "depth": depth, "patch": patch,
-           "mlp_dim": sd["blocks.0.mlp.fc1.weight"].shape[0],
-           "num_classes": sd["head.weight"].shape[0]}
-    heads = {w: h for w, _, h in VARIANTS.values()}.get(width)
-    if heads:
-        cfg["num_heads"] = heads
-    if "pos_embed_list.1" in sd:
-        h1 = _grid_side(sd["pos_embed_list.0"].shape[1], "pos_embed_list.0")
-        h2 = _grid_side(sd["pos_embed_list.1"].shape[1], "pos_embed_list.1")
-        if h2 != 2 * h1:
-            raise ValueError(f"Fine grid {h2} is not twice the coarse grid {h1}.")
-        cfg.update(name="lfvit", img_size=h2 * patch)
-    elif "pos_embed" in sd:
-        cfg.update(img_size=_grid_side(sd["pos_embed"].shape[1], "pos_embed") * patch)
-    return cfg
-
-
 def resample_pos_embed(pos_embed, side):
     """(1, 1 + n*n, C) -> (1, 1 + side*side, C), bicubic over the grid, cls slot kept."""
     cls, grid = pos_embed[:, :1], pos_embed[:, 1:]
-    n, c = _grid_side(pos_embed.shape[1], "pos_embed"), pos_embed.shape[-1]
+    n, c = grid_side(pos_embed.shape[1], "pos_embed"), pos_embed.shape[-1]
     grid = jax.image.resize(grid.reshape(1, n, n, c), (1, side, side, c), "bicubic",
                             antialias=False)
     return np.concatenate([cls, np.asarray(grid).reshape(1, side * side, c)], axis=1)
@@ -171,62 +138,3 @@ def assign(sd, abstract_params, fresh_params=None, allow_missing=()):
     for key in fresh:
         out[key] = np.asarray(flat_fresh[key])
     return traverse_util.unflatten_dict({k: jnp.asarray(v) for k, v in out.items()}, sep="/")
-
-
-def load_pretrained(path, allow_pickle=False, **overrides):
-    """(model, variables) from an official LF-ViT / CF-ViT checkpoint, a timm DeiT state_dict, or a
-    directory written by `python -m lfvit_jax.convert`. Architecture settings are read from the
-    tensor shapes; `overrides` sets the rest (region_size, num_heads, name, ...) and must not
-    contradict the shapes."""
-    if storage.path(path).is_dir():
-        return load_converted(path, **overrides)
-    sd = read_state_dict(path, allow_pickle)
-    cfg = infer_config(sd)
-    is_deit_sd = "pos_embed" in sd
-    cfg.setdefault("name", "lfvit")
-    for key, value in overrides.items():
-        if key in cfg and key != "name" and cfg[key] != value:
-            if not (is_deit_sd and key == "img_size"):  # a DeiT pos_embed can be resampled
-                raise ValueError(f"Checkpoint does not match the config: {key}={value} was asked, "
-                                 f"but the weights have {key}={cfg[key]}.")
-        cfg[key] = value
-    if "num_heads" not in cfg:
-        raise ValueError(f"Cannot infer num_heads from width {cfg['width']} (not a DeiT Ti/S/B "
-                         "width); pass num_heads=... .")
-    task = tasks.build(cfg)
-    sd, fresh_prefixes = task.adapt_state_dict(sd)
-    fresh = jax.jit(task.init_params)(jax.random.key(0)) if fresh_prefixes else None
-    abstract = fresh or jax.eval_shape(task.init_params, jax.random.key(0))
-    return task.model, {"params": assign(sd, abstract, fresh, fresh_prefixes)}
-
-
-def save_converted(path, model, variables):
-    """Writes the project's own format: an orbax params checkpoint plus model_config.json."""
-    import orbax.checkpoint as ocp
-    path = storage.path(path)
-    if path.exists():
-        raise ValueError(f"{path} exists; choose a new destination or delete it first.")
-    ckptr = ocp.StandardCheckpointer()
-    ckptr.save(path / PARAMS_DIR, variables["params"])
-    ckptr.wait_until_finished()
-    (path / CONFIG_FILE).write_text(json.dumps(tasks.for_model(model).model_config(), indent=1))
-
-
-def load_converted(path, **overrides):
-    """Reads what `save_converted` wrote; overrides change non-shape settings (e.g. region_size)."""
-    import orbax.checkpoint as ocp
-    path = storage.path(path)
-    cfg_file = path / CONFIG_FILE
-    if not cfg_file.exists():
-        raise ValueError(f"{path} is not a converted checkpoint (no {CONFIG_FILE}); write one with "
-                         "`python -m lfvit_jax.convert SRC DST`.")
-    cfg = json.loads(cfg_file.read_text())
-    cfg.update(overrides)
-    task = tasks.build(cfg)
-    abstract = jax.eval_shape(task.init_params, jax.random.key(0))
-    try:
-        params = ocp.StandardCheckpointer().restore(path / PARAMS_DIR, abstract)
-    except Exception as e:  # orbax reports shape/structure problems with several exception types
-        raise ValueError(f"Could not restore {path} into the model built from its config with "
-                         f"overrides {overrides}: {e}") from e
-    return task.model, {"params": params}

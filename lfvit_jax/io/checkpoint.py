@@ -14,15 +14,15 @@ kept).
 """
 import logging
 import os
-import signal
 
 import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 from orbax.checkpoint.checkpoint_managers import preservation_policy
 
-from lfvit_jax import integrity, storage
+from lfvit_jax.io import integrity, storage
 
 CHECKPOINTS_DIR = "checkpoints"
 BEST_DIR = "best"
@@ -195,7 +195,6 @@ def set_aside(directory, steps):
             src.rename(dst)
             log.warning("Moved the damaged step to %s.", dst)
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
         multihost_utils.sync_global_devices("lfvit_jax: damaged checkpoints set aside")
 
 
@@ -216,32 +215,3 @@ def check_shapes(saved, target, where, show=5, what="parameters",
     if problems:
         raise ValueError(f"The {what} in {where} do not fit the model of this config ("
                          + "; ".join(problems) + f"). {fix}")
-
-
-class PreemptionFlag:
-    """Set by SIGTERM, so the loop saves a checkpoint and exits at the next step boundary.
-
-    With several processes, JAX's preemption service (started by jax.distributed.initialize)
-    catches SIGTERM in any one of them and tells the others; its sync point is the same step in
-    every process, so all save that step and stop together.
-    """
-
-    def __init__(self):
-        self.requested = False
-        self._previous = None
-        if jax.process_count() == 1:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum, frame):
-        del signum, frame
-        self.requested = True
-
-    def should_stop(self, step):
-        if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-            return multihost_utils.reached_preemption_sync_point(step)
-        return self.requested
-
-    def close(self):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)

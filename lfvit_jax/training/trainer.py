@@ -13,9 +13,16 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from lfvit_jax import (checkpoint, cli, evaluate, loading, metrics, optim, parallel, recipes,
-                       reports, tasks, workdir as rundir)
+from lfvit_jax import tasks
+from lfvit_jax.core import parallel
+from lfvit_jax.core.errors import UsageError
+from lfvit_jax.data.pipeline import Dataset
+from lfvit_jax.evaluation import evaluate, reports
+from lfvit_jax.io import checkpoint, rundir
 from lfvit_jax.models import precision
+from lfvit_jax.training import metrics, optim, recipes
+from lfvit_jax.training.preemption import PreemptionFlag
+from lfvit_jax.weights import loading
 
 log = logging.getLogger(__name__)
 
@@ -31,13 +38,13 @@ class NonFiniteLossError(FloatingPointError):
 def check_config(config):
     unknown = sorted(set(config.keys()) - CONFIG_KEYS)
     if unknown:
-        raise cli.UsageError(f"Unknown config keys {unknown}; the training loop reads "
+        raise UsageError(f"Unknown config keys {unknown}; the training loop reads "
                              f"{sorted(CONFIG_KEYS)}. Fix the spelling in the config file.")
     if config.compute_dtype not in precision.MATMUL_DTYPES:
-        raise cli.UsageError(f"config.compute_dtype={config.compute_dtype!r} is not one of "
+        raise UsageError(f"config.compute_dtype={config.compute_dtype!r} is not one of "
                              f"{sorted(precision.MATMUL_DTYPES)}.")
     if config.grad_accum < 1:
-        raise cli.UsageError(f"config.grad_accum={config.grad_accum} must be >= 1.")
+        raise UsageError(f"config.grad_accum={config.grad_accum} must be >= 1.")
 
 
 class Schedule:
@@ -231,7 +238,6 @@ def _check_finite(step, values, last_good):
 def train_and_evaluate(config, workdir, dataset=None):
     """Trains to the end of the schedule (or until SIGTERM); returns the final eval summary."""
     if dataset is None:
-        from lfvit_jax.data import Dataset
         dataset = Dataset(config.data)
     setup = Setup(config, dataset.info)
     rundir.check_resumable(config, workdir)
@@ -246,7 +252,7 @@ def train_and_evaluate(config, workdir, dataset=None):
     last_good = mngr.latest_step()
     writer = metrics.Writer(workdir)
     progress = metrics.Progress(sched.total, config.batch_size, step)
-    preempt = checkpoint.PreemptionFlag()
+    preempt = PreemptionFlag()
     _print0(f"{setup.task.describe(sched.selection_start)}: start at step {step}/{sched.total} "
             f"({origin}); {sched.steps_per_epoch} steps/epoch, {setup.mesh.devices.size} "
             f"devices, {jax.process_count()} processes")

@@ -11,7 +11,7 @@ import zipfile
 import numpy as np
 from PIL import Image, ImageOps
 
-from lfvit_jax import storage
+from lfvit_jax.io import storage
 from lfvit_jax.data import augment
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")

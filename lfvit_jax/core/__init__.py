@@ -1,0 +1,1 @@
+"""The bottom layer: errors, devices and shardings, and the config-argument language."""

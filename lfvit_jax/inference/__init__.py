@@ -1,0 +1,2 @@
+"""Early-exit prediction: the compiled predictors, the host queue of hard samples, user inputs
+and the predict job."""

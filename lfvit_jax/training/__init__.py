@@ -1,0 +1,1 @@
+"""The training job: the loop, DeiT's optimizer and recipe, metrics and preemption."""
