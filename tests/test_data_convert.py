@@ -9,7 +9,8 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from lfvit_jax.data import defaults, pipeline
-from lfvit_jax.data import convert, prepare
+from lfvit_jax.cli import prepare
+from lfvit_jax.data import convert
 
 CLASSES = ("n_apple", "n_bear", "n_cat")
 
