@@ -2,9 +2,9 @@
 
 Arguments: res=<image size>, runlocal.
 
-  python main.py --config configs/deit_s.py:res=224 --workdir workdirs/deit_s224
-  python main.py --config configs/deit_s.py:runlocal --workdir /tmp/deit_runlocal
-  python -m lfvit_jax.cli.flops --config configs/deit_s.py
+  lfvit train --config deit_s:res=224 --workdir workdirs/deit_s224
+  lfvit train --config deit_s:runlocal --workdir /tmp/deit_runlocal
+  lfvit flops --config deit_s
 """
 import ml_collections
 

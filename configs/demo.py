@@ -5,10 +5,10 @@ under 10 minutes on 2 CPU cores. `baseline` trains a plain ViT of the same size 
 Arguments: baseline, runlocal, m=<region side in coarse tokens>, alpha=<refined fraction of the
 region>, epochs=<training epochs>.
 
-  python main.py --config configs/demo.py --workdir workdirs/demo
-  python main.py --config configs/demo.py:baseline --workdir workdirs/demo_baseline
-  python -m lfvit_jax.cli.match --workdir workdirs/demo --baseline workdirs/demo_baseline   # FLOPs at equal accuracy
-  python main.py --config configs/demo.py:runlocal --workdir /tmp/demo_runlocal
+  lfvit train --config demo --workdir workdirs/demo
+  lfvit train --config demo:baseline --workdir workdirs/demo_baseline
+  lfvit match --workdir workdirs/demo --baseline workdirs/demo_baseline   # FLOPs at equal accuracy
+  lfvit train --config demo:runlocal --workdir /tmp/demo_runlocal
 """
 import ml_collections
 

@@ -2,11 +2,11 @@
 
 Arguments: res=224|288 (any multiple of 32 works), m=<region side in coarse tokens>, runlocal.
 
-  python main.py --config configs/lfvit_deit_s.py:res=224,m=5 --workdir workdirs/lfvit_s224
-  python main.py --config configs/lfvit_deit_s.py:res=288,m=6 --workdir workdirs/lfvit_s288 \
+  lfvit train --config lfvit_deit_s:res=224,m=5 --workdir workdirs/lfvit_s224
+  lfvit train --config lfvit_deit_s:res=288,m=6 --workdir workdirs/lfvit_s288 \
       --config.init_from=deit_small_patch16_224.pth
-  python main.py --config configs/lfvit_deit_s.py:runlocal --workdir /tmp/lfvit_runlocal
-  python -m lfvit_jax.cli.flops --config configs/lfvit_deit_s.py:res=224,m=5
+  lfvit train --config lfvit_deit_s:runlocal --workdir /tmp/lfvit_runlocal
+  lfvit flops --config lfvit_deit_s:res=224,m=5
 """
 import ml_collections
 

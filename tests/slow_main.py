@@ -31,4 +31,4 @@ if __name__ == "__main__":
     pipeline.Dataset.train_iterator = lambda self, *a, **k: slowed(
         train_iterator(self, *a, **k), fast, delay)
     import main
-    sys.exit(main.cli.run(main.define_flags, main.main, ["main.py"] + sys.argv[3:]))
+    sys.exit(main.run(["main.py"] + sys.argv[3:]))

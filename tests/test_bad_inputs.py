@@ -25,8 +25,7 @@ ROOT = os.path.dirname(TESTS)
 sys.path.insert(0, ROOT)
 
 import main  # noqa: E402  (the repository's main.py)
-from lfvit_jax.cli import app
-from lfvit_jax.core import config_args
+from lfvit_jax.core import config_args  # noqa: E402
 from lfvit_jax.inference import inputs  # noqa: E402
 from lfvit_jax.data.defaults import cluttered_mnist_config  # noqa: E402
 
@@ -42,7 +41,7 @@ DEMO = demo()
 
 
 def run_main(capsys, *args):
-    code = app.run(main.define_flags, main.main, ["main.py", *map(str, args)])
+    code = main.run(["main.py", *map(str, args)])
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -71,7 +70,7 @@ def quiet_run(argv):
     """main.py in-process for a fixture: (status, stdout, stderr), kept out of the tests' own."""
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = app.run(main.define_flags, main.main, argv)
+        code = main.run(argv)
     return code, out.getvalue(), err.getvalue()
 
 
@@ -131,23 +130,23 @@ USAGE = [
     (DEMO + ["--config.model.nope=1"], ["Unknown config key --config.model.nope", "region_size"]),
     (DEMO + ["--config.batch_size=x"], ["--config.batch_size", "int"]),
     (["--config", "configs/demo.py:runlocal,m=x"], ["m='x'", "int"]),
-    (["--config", "configs/demo.py:runlocal,baseline=maybe"], ["baseline='maybe'", "'true'"]),
+    (["--config", "configs/demo.py:runlocal,baseline=maybe"], ["baseline='maybe'", "boolean"]),
     (["--config", "configs/demo.py:runlocal,m=99"], ["m=99", "[1, 4]"]),
     (["--config", "configs/demo.py:runlocal,m=2,m=3"], ["'m' is given twice"]),
     (["--config", "configs/demo.py:rez=3"], ["Unknown config argument 'rez'", "'runlocal'"]),
     (["--config", "configs/demo.py:alpha"], ["'alpha' needs a value"]),
     (["--config", "configs/lfvit_deit_s.py:runlocal,res=288"], ["runlocal trains at 64 px"]),
-    (["--config", "configs/nope.py"], ["no such config file", "configs/demo.py"]),
+    (["--config", "configs/nope.py"], ["Config 'configs/nope.py' not found", "'demo'"]),
     (DEMO + ["--config.compute_dtype=float16"], ["compute_dtype", "float32"]),
-    (DEMO + ["--bogus"], ["Unknown command line flag 'bogus'"]),
+    (DEMO + ["--bogus"], ["Unknown flag --bogus"]),
     (DEMO + ["--mode=fly"], ["--mode", "train"]),
     (DEMO + ["--mode=eval", "--checkpoint=newest"], ["'latest', 'best' or a step number"]),
-    (DEMO + ["--mode=predict"], ["needs --input"]),
-    (DEMO + ["--mode=predict", "--input=x.png", "--predict_batch_size=0"],
-     ["--predict_batch_size"]),
-    (DEMO + ["--mode=predict", "--input=x.png", "--threshold=1.5"], ["[0, 1]"]),
-    ([], ["--config is needed"]),
-    (["--mode=eval", "--config.data.eval_split=tset"], ["needs --config"]),
+    (DEMO + ["--mode=predict"], ["--input is required"]),
+    (DEMO + ["--mode=predict", "--input=x.png", "--batch_size=0"],
+     ["--batch_size"]),
+    (DEMO + ["--mode=predict", "--input=x.png", "--threshold=1.5"], ["--threshold", "[0.0, 1.0]"]),
+    ([], ["--config is required"]),
+    (["--mode=eval", "--config.data.eval_split=tset"], ["--config is needed", "no trained run"]),
 ]
 
 
@@ -179,7 +178,7 @@ def test_verbosity_shows_the_traceback(capsys, tmp_path):
 
 def test_train_with_another_model_keeps_the_run(capsys, run_copy):
     workdir, before = run_copy
-    check(run_main(capsys, *demo("runlocal,m=1"), "--workdir", workdir), 1,
+    check(run_main(capsys, *demo("runlocal,m=1"), "--workdir", workdir), 2,
           "different", "model.region_size", "fresh --workdir")
     assert fingerprint(workdir) == before
 
@@ -196,7 +195,7 @@ def test_checkpoint_of_another_model_is_summarised(capsys, run_copy):
 
 def test_eval_with_another_model_is_refused(capsys, run_copy):
     workdir, before = run_copy
-    check(run_main(capsys, "--mode=eval", *demo("runlocal,m=1"), "--workdir", workdir), 1,
+    check(run_main(capsys, "--mode=eval", *demo("runlocal,m=1"), "--workdir", workdir), 2,
           "differs from the run", "Omit --config")
     assert fingerprint(workdir) == before
 
@@ -241,7 +240,7 @@ def test_predict_never_overwrites_earlier_predictions(capsys, run_copy, tmp_path
                    "--workdir", workdir), 0)
     before = fingerprint(out)
     check(run_main(capsys, "--mode=predict", f"--input={image}", f"--output={out}",
-                   "--workdir", workdir), 1, "not empty", "--overwrite")
+                   "--workdir", workdir), 2, "not empty", "--overwrite")
     assert fingerprint(out) == before
 
 
@@ -312,7 +311,7 @@ def zoo_run(trained, tmp_path_factory):
     cfg = _zoo(base / "in")
     npz = sorted(str(p) for p in (base / "in").glob("*.npz"))
     argv = ["main.py", "--mode=predict", f"--input={base / 'in'}", *[f"--input={p}" for p in npz],
-            f"--output={base / 'out'}", "--workdir", str(trained), "--predict_batch_size=8"]
+            f"--output={base / 'out'}", "--workdir", str(trained), "--batch_size=8"]
     code, out, err = quiet_run(argv)
     lines = (base / "out" / "predictions.jsonl").read_text().splitlines()
 
@@ -480,11 +479,11 @@ def subprocess_run(*args):
 SUBPROCESSES = [
     (["main.py", "--config", "configs/demo.py:runlocal", "--config.nonexistent=1",
       "--workdir", "/tmp/never"], 2, ["Unknown config key"]),
-    (["-m", "lfvit_jax.cli.flops", "--config", "configs/demo.py:m=x"], 2, ["m='x'"]),
-    (["-m", "lfvit_jax.cli.convert", "--src", "/nonexistent.pth", "--dst", "/tmp/never"], 1,
+    (["-m", "lfvit_jax.cli.main", "flops", "--config", "configs/demo.py:m=x"], 2, ["m='x'"]),
+    (["-m", "lfvit_jax.cli.main", "convert", "--src", "/nonexistent.pth", "--dst", "/tmp/never"], 1,
      ["/nonexistent.pth does not exist"]),
-    (["-m", "lfvit_jax.cli.figures", "--workdir", "/nonexistent"], 1, ["no finished run"]),
-    (["-m", "lfvit_jax.cli.match", "--workdir", "/nonexistent"], 2, ["--baseline"]),
+    (["-m", "lfvit_jax.cli.main", "figures", "--workdir", "/nonexistent"], 1, ["no finished run"]),
+    (["-m", "lfvit_jax.cli.main", "match", "--workdir", "/nonexistent"], 2, ["--baseline"]),
 ]
 
 

@@ -9,10 +9,15 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from lfvit_jax.data import defaults, pipeline
-from lfvit_jax.cli import prepare
+from lfvit_jax.cli import app, prepare
 from lfvit_jax.data import convert
 
 CLASSES = ("n_apple", "n_bear", "n_cat")
+
+
+def run_prepare(argv):
+    """`lfvit prepare ARGV` with its exceptions raised, not printed."""
+    prepare.main(*app.parse(prepare, app.new_flags(prepare), ["lfvit prepare"] + argv))
 
 
 def _jpeg(value, size=(20, 14), mode="RGB"):
@@ -48,7 +53,7 @@ def _cfg(data_dir, name):
 
 def test_folder_conversion_round_trip(tmp_path, capsys):
     _tree(tmp_path / "tree")
-    prepare.main(["folder", str(tmp_path / "tree"), "--name", "tiny_folder", "--data_dir",
+    run_prepare(["folder", str(tmp_path / "tree"), "--name", "tiny_folder", "--data_dir",
                   str(tmp_path / "tfds"), "--examples_per_shard", "4", "--workers", "2"])
     assert "{'train': 0, 'validation': 1}" in capsys.readouterr().out  # broken.JPEG
     cfg = _cfg(tmp_path / "tfds", "tiny_folder")
@@ -88,14 +93,14 @@ def test_folder_conversion_resumes_after_interruption(tmp_path, monkeypatch):
 
     monkeypatch.setattr(convert, "_write_shard", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        prepare.main(args)
+        run_prepare(args)
     with pytest.raises(FileNotFoundError, match="prepare folder ROOT --name resumed"):
         pipeline.get_dataset_info(_cfg(tmp_path / "tfds", "resumed"))  # half-written: not prepared
     first = list(written)
     written.clear()
     monkeypatch.setattr(convert, "_write_shard", lambda path, *rest: (
         written.append(os.path.basename(path)), original(path, *rest))[1])
-    prepare.main(args)
+    run_prepare(args)
     assert not set(first) & set(written) and len(first) + len(written) == 4 + 2
     assert pipeline.get_dataset_info(_cfg(tmp_path / "tfds", "resumed"))["train_examples"] == 15
 
@@ -103,14 +108,14 @@ def test_folder_conversion_resumes_after_interruption(tmp_path, monkeypatch):
 def test_folder_conversion_errors(tmp_path):
     _tree(tmp_path / "tree")
     with pytest.raises(ValueError, match="broken.JPEG"):
-        prepare.main(["folder", str(tmp_path / "tree"), "--name", "strict", "--data_dir",
+        run_prepare(["folder", str(tmp_path / "tree"), "--name", "strict", "--data_dir",
                       str(tmp_path / "tfds"), "--on_corrupt", "error"])
     with pytest.raises(ValueError, match="another --name"):
-        prepare.main(["folder", str(tmp_path / "tree"), "--name", "mnist", "--data_dir",
+        run_prepare(["folder", str(tmp_path / "tree"), "--name", "mnist", "--data_dir",
                       str(tmp_path / "tfds")])
     os.makedirs(tmp_path / "tree" / "test" / CLASSES[0])
     with pytest.raises(ValueError, match="test has no images"):
-        prepare.main(["folder", str(tmp_path / "tree"), "--name", "empty_split", "--data_dir",
+        run_prepare(["folder", str(tmp_path / "tree"), "--name", "empty_split", "--data_dir",
                       str(tmp_path / "tfds")])
     shard = convert.Shard(lambda: [("x.JPEG", _jpeg(1), 3)], 1)
     with pytest.raises(ValueError, match=r"Label 3 of 'x.JPEG' is outside \[0, 3\)"):
@@ -141,7 +146,7 @@ def test_imagenet_tars_convert_and_read_as_tfds_imagenet2012(tmp_path):
     cmyk = _jpeg(60, mode="CMYK")
     _tar(manual / "ILSVRC2012_img_val.tar", [
         (f"ILSVRC2012_val_{i:08d}.JPEG", cmyk if i == 2 else _jpeg(i)) for i in (3, 1, 2)])
-    prepare.main(["imagenet2012", "--manual_dir", str(manual), "--data_dir",
+    run_prepare(["imagenet2012", "--manual_dir", str(manual), "--data_dir",
                   str(tmp_path / "tfds")])
     cfg = _cfg(tmp_path / "tfds", "imagenet2012")
     assert pipeline.get_dataset_info(cfg) == dict(num_classes=1000, image_size=16,
@@ -159,8 +164,8 @@ def test_imagenet_tars_convert_and_read_as_tfds_imagenet2012(tmp_path):
 
 def test_prepare_commands_for_registered_builders(tmp_path, capsys):
     # `tfds NAME` runs a registered builder without TensorFlow (ours needs no download).
-    prepare.main(["tfds", "cluttered_mnist", "--data_dir", str(tmp_path / "a")])
-    prepare.main(["cluttered_mnist", "--data_dir", str(tmp_path / "b")])
+    run_prepare(["tfds", "cluttered_mnist", "--data_dir", str(tmp_path / "a")])
+    run_prepare(["cluttered_mnist", "--data_dir", str(tmp_path / "b")])
     out = capsys.readouterr().out
     for d in ("a", "b"):
         assert str(tmp_path / d / "cluttered_mnist" / "1.0.0") in out

@@ -177,7 +177,7 @@ def test_label_out_of_range_is_an_error(fake_tfds):
 def test_unprepared_dataset_names_the_command(tmp_path):
     cfg = defaults.imagenet_config()
     cfg.data_dir = str(tmp_path)
-    with pytest.raises(FileNotFoundError, match="lfvit_jax.cli.prepare imagenet2012"):
+    with pytest.raises(FileNotFoundError, match="lfvit prepare imagenet2012"):
         pipeline.get_dataset_info(cfg)
     cfg.name = "my_folder_set"
     with pytest.raises(FileNotFoundError, match="prepare folder ROOT --name my_folder_set"):

@@ -70,7 +70,7 @@ def test_predict_in_two_processes_equals_one(run, tmp_path, save_logits):
     one = single(threshold, tmp_path / "one")
     assert 0 < one["exited_fraction"] < 1 and one["skipped"] == 1
     out = two_processes(["--mode=predict", f"--workdir={workdir}", f"--input={images}",
-                         "--predict_batch_size=8", f"--threshold={threshold!r}",
+                         "--batch_size=8", f"--threshold={threshold!r}",
                          f"--output={tmp_path / 'two'}", f"--save_logits={save_logits}"])
     two = last_json(out)
     assert {k: two[k] for k in ("images", "predicted", "skipped", "exited_fraction")} == {

@@ -58,7 +58,7 @@ def test_xla_count_agrees_with_the_convention():
 
 
 def test_cli_prints_table_and_json():
-    out = subprocess.run([sys.executable, "-m", "lfvit_jax.cli.flops", "--config",
+    out = subprocess.run([sys.executable, "-m", "lfvit_jax.cli.main", "flops", "--config",
                           "configs/lfvit_deit_s.py:res=224,m=6"], cwd=ROOT, check=True,
                          capture_output=True, text=True).stdout.strip().splitlines()
     assert any("12 blocks x 146 tokens" in line for line in out)

@@ -36,7 +36,7 @@ def env(gcs, tmp_path_factory):
 def data(gcs, env):
     """cluttered MNIST prepared straight into the bucket."""
     url = f"gs://{gcs.bucket}/data"
-    out = subprocess.run([sys.executable, "-m", "lfvit_jax.cli.prepare", "cluttered_mnist",
+    out = subprocess.run([sys.executable, "-m", "lfvit_jax.cli.main", "prepare", "cluttered_mnist",
                           "--data_dir", url], env=env, cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]
     assert f"Uploaded to {url}" in out.stdout
@@ -102,7 +102,7 @@ def test_run_in_a_bucket(gcs, data, env, tmp_path):
         Image.fromarray(rng.integers(0, 255, (64, 64), np.uint8)).save(buffer, format="png")
         storage.path(f"{bucket}/inputs/img{i}.png").write_bytes(buffer.getvalue())
     rc, out = finish(launch(["--mode", "predict", "--workdir", killed, "--input",
-                             f"{bucket}/inputs", "--predict_batch_size", "4"], env, cwd))
+                             f"{bucket}/inputs", "--batch_size", "4"], env, cwd))
     assert rc == 0, out
     rows = [json.loads(l) for l in
             storage.path(f"{killed}/predictions_1/predictions.jsonl").read_text().splitlines()]
@@ -113,7 +113,7 @@ def test_run_in_a_bucket(gcs, data, env, tmp_path):
 
 def test_copy_a_prepared_dataset_to_local_disk(data, env, tmp_path):
     local = tmp_path / "tfds"
-    out = subprocess.run([sys.executable, "-m", "lfvit_jax.cli.prepare", "copy",
+    out = subprocess.run([sys.executable, "-m", "lfvit_jax.cli.main", "prepare", "copy",
                           "cluttered_mnist", "--source", data, "--data_dir", str(local)],
                          env=env, cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -13,8 +13,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import main  # noqa: E402  (the repository's entry point)
 
 from lfvit_jax import load_pretrained
-from lfvit_jax.cli import app
-from lfvit_jax.cli import convert
+from lfvit_jax.weights import pretrained
 from lfvit_jax.training import trainer  # noqa: E402
 from lfvit_jax.core.config_args import load_config  # noqa: E402
 from lfvit_jax.data.defaults import imagenet_config  # noqa: E402
@@ -32,7 +31,7 @@ TINY_FLAGS = ["--config=configs/lfvit_deit_s.py:res=224,m=4", "--config.model.wi
 
 def run_main(args):
     """main.py in this process (fresh flags each time); returns its exit status."""
-    return app.run(main.define_flags, main.main, ["main.py"] + [str(a) for a in args])
+    return main.run(["main.py"] + [str(a) for a in args])
 
 
 @pytest.fixture
@@ -78,12 +77,12 @@ def test_predict_from_weights_alone(tmp_path, no_dataset, jpegs, source):
     weights = OFFICIAL
     if source == "converted":
         weights = tmp_path / "converted"
-        convert.convert(OFFICIAL, str(weights), num_heads=3, region_size=4)
+        pretrained.convert(OFFICIAL, str(weights), num_heads=3, region_size=4)
     model_files = snapshot(weights) if source == "converted" else None
     out = tmp_path / "preds"
     rc = run_main(["--mode=predict", f"--workdir={tmp_path / 'new_run'}", *TINY_FLAGS,
                    f"--config.init_from={weights}", f"--input={jpegs}", f"--output={out}",
-                   "--threshold=0.3", "--predict_batch_size=8", "--save_logits=all"])
+                   "--threshold=0.3", "--batch_size=8", "--save_logits=all"])
     assert rc == 0
     rows, saved = read_rows(out), np.load(out / "predictions.npz")
     model, variables = load_pretrained(OFFICIAL, num_heads=3, region_size=4)
@@ -128,19 +127,19 @@ def test_predict_from_a_trained_run(tmp_path, trained, no_dataset, kind, capsys)
         Image.fromarray(rng.integers(0, 256, (64, 64), np.uint8)).save(folder / f"d{i}.png")
     before = snapshot(run)
     assert run_main(["--mode=predict", f"--workdir={run}", f"--input={folder}",
-                     "--predict_batch_size=8"]) == 0
+                     "--batch_size=8"]) == 0
     out = run / "predictions_1"
     rows = read_rows(out)
     assert len(rows) == 3 and all(r["class_name"] == str(r["class"]) for r in rows)
-    if kind == "deit":  # one pass decides every image
-        assert all(r["stage"] == 1 and r["region_box"] is None for r in rows)
+    if kind == "deit":  # one pass decides every image: no stages, no regions
+        assert all(set(r) == {"file", "class", "class_name", "confidence"} for r in rows)
     # A second run gets a fresh folder; an existing --output is refused unless --overwrite.
     assert run_main(["--mode=predict", f"--workdir={run}", f"--input={folder}",
-                     "--predict_batch_size=8"]) == 0
+                     "--batch_size=8"]) == 0
     assert read_rows(run / "predictions_2") == rows
     capsys.readouterr()
     assert run_main(["--mode=predict", f"--workdir={run}", f"--input={folder}",
-                     f"--output={out}", "--predict_batch_size=8"]) == 1
+                     f"--output={out}", "--batch_size=8"]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert read_rows(out) == rows
     after = snapshot(run)
@@ -163,7 +162,7 @@ def test_eval_refuses_a_changed_model_and_keeps_the_run_files(trained, capsys):
     run = trained["lfvit"]
     before = snapshot(run)
     assert run_main(["--mode=eval", f"--workdir={run}", "--config=configs/demo.py:runlocal",
-                     "--config.model.region_size=1"]) == 1
+                     "--config.model.region_size=1"]) == 2
     assert "model.region_size" in capsys.readouterr().err
     assert run_main(["--mode=eval", f"--workdir={run}"]) == 0
     after = snapshot(run)

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from lfvit_jax.cli import convert
+from lfvit_jax.weights import pretrained
 from lfvit_jax.io.state_dict import resample_pos_embed
 from lfvit_jax.weights.pretrained import load_pretrained
 
@@ -108,10 +108,10 @@ def test_unknown_file_type(tmp_path):
         load_pretrained(str(path))
 
 
-def test_convert_round_trip(tmp_path, images, capsys):
+def test_convert_round_trip(tmp_path, images):
     dst = str(tmp_path / "converted")
-    convert.convert(WEIGHTS, dst, num_heads=3, region_size=4)
-    assert "407,434 parameters" in capsys.readouterr().out
+    config, count = pretrained.convert(WEIGHTS, dst, num_heads=3, region_size=4)
+    assert count == 407_434 and config["region_size"] == 4
     model, variables = load_pretrained(dst)
     ref_model, ref_vars = load_pretrained(WEIGHTS, num_heads=3, region_size=4)
     assert model == ref_model
@@ -123,12 +123,12 @@ def test_convert_round_trip(tmp_path, images, capsys):
     with pytest.raises(ValueError, match="Could not restore"):
         load_pretrained(dst, img_size=288)
     with pytest.raises(ValueError, match="exists"):
-        convert.convert(WEIGHTS, dst, num_heads=3)
+        pretrained.convert(WEIGHTS, dst, num_heads=3)
 
 
 def test_corrupt_converted_checkpoint_is_detected(tmp_path):
     dst = str(tmp_path / "converted")
-    convert.convert(WEIGHTS, dst, num_heads=3)
+    pretrained.convert(WEIGHTS, dst, num_heads=3)
     for root, _, files in os.walk(os.path.join(dst, "params")):
         for f in files:
             if "ocdbt" in root and f.startswith("d"):

@@ -1,56 +1,44 @@
-"""Running a command-line entry point: flags parsed into a fresh FlagValues (so a command can run
-in-process several times), every failure one short message (exit status 2 for a wrong command
-line, 1 for a failed run); tracebacks and library logs only with --verbosity 1 or more.
+"""Running one command: its flags parsed into a fresh FlagValues (so a command can run in-process
+several times), `--help` answered before anything is required, `--config.KEY=VALUE` overrides taken
+out for the config loader, and every failure one short message on stderr: exit status 2 for what
+the user typed (a UsageError or a flag absl refused), 1 for a failed run, 130 when interrupted.
+Tracebacks and library logs only with --verbosity 1 or more.
 """
 import contextlib
 import gc
 import logging
 import re
 import sys
+import textwrap
 import traceback
 import warnings
 
-from absl import app, flags
+from absl import flags
 from absl import logging as absl_logging
 
-from lfvit_jax.core.config_args import load_config
 from lfvit_jax.core.errors import UsageError
 
-
-def run(define, main, argv=None):
-    """Defines the flags (`define(fv, argv)`), parses `argv`, runs `main(fv)`; the exit status."""
-    argv = list(sys.argv if argv is None else argv)
-    fv = flags.FlagValues()
-    flags.DEFINE_integer("verbosity", 0, "1 or more: library logs, and a traceback with any "
-                         "error.", short_name="v", flag_values=fv)
-    flags.DEFINE_bool("help", False, "Show the flags and exit.", flag_values=fv)
-    define(fv, argv)
-
-    def parse_and_run():
-        try:
-            fv(argv)
-        except Exception as e:  # noqa: BLE001  (absl and config_flags raise many kinds)
-            raise UsageError(describe_flag_error(e, fv, argv)) from e
-        _check_config_files(fv)
-        if fv.help:
-            print(fv.get_help())
-        else:
-            main(fv)
-
-    return guarded(parse_and_run, argv)
+HELP = ("-h", "--help", "-help", "--helpshort", "--helpfull")
+OVERRIDE = re.compile(r"--config\.([\w.]+)(?:=(.*))?$", re.S)
 
 
-def guarded(fn, argv=None):
-    """Runs `fn()` quietly (unless argv has --verbosity >= 1): exit status 0, 2 (usage) or 1."""
-    argv = list(sys.argv if argv is None else argv)
+def run(command, argv):
+    """Runs `command` (a module of lfvit_jax.cli: `define_flags`, `main`, and optionally
+    `REQUIRED`, `ARGS`, `CONFIG`) on `argv` (argv[0]: how it was called); the exit status."""
+    argv = [str(a) for a in argv]
     verbose = _verbosity(argv) >= 1
     with _quiet(verbose):
         try:
-            fn()
+            fv = new_flags(command)
+            if any(a in HELP for a in argv[1:]):
+                print(help_text(command, fv, argv[0]))
+                return 0
+            fv, overrides, args = parse(command, fv, argv)
+            command.main(fv, overrides, args)
             return 0
         except SystemExit as e:
             if isinstance(e.code, str):
-                print(e.code, file=sys.stderr)
+                print(f"Error: {e.code}", file=sys.stderr)
                 return 1
             return e.code or 0
         except KeyboardInterrupt:
@@ -59,13 +47,79 @@ def guarded(fn, argv=None):
         except Exception as e:  # noqa: BLE001  (the point: one clear message, not a traceback)
             if verbose:
                 traceback.print_exc()
-            usage = any(isinstance(x, (UsageError, app.UsageError, flags.Error)) for x in _chain(e))
+            usage = isinstance(e, (UsageError, flags.Error))
             print(f"Error: {shorten(str(e) or type(e).__name__)}", file=sys.stderr)
             if usage:
-                print(f"(see {argv[0]} --help for the flags)", file=sys.stderr)
+                print(f"({argv[0]} --help lists the flags)", file=sys.stderr)
             elif not verbose:
                 print("(--verbosity=1 shows the traceback)", file=sys.stderr)
             return 2 if usage else 1
+
+
+def new_flags(command):
+    fv = flags.FlagValues()
+    command.define_flags(fv)
+    flags.DEFINE_integer("verbosity", 0, "1 or more: library logs, and a traceback with any "
+                         "error.", short_name="v", flag_values=fv)
+    return fv
+
+
+def parse(command, fv, argv):
+    """(flags, [(config key, text)], positional arguments), or a UsageError."""
+    overrides, rest, items = [], [], iter(argv[1:])
+    for arg in items:
+        m = OVERRIDE.match(arg)
+        if not m:
+            rest.append(arg)
+            continue
+        value = m.group(2) if m.group(2) is not None else next(items, None)
+        if value is None:
+            raise UsageError(f"--config.{m.group(1)} needs a value: --config.{m.group(1)}=VALUE.")
+        overrides.append((m.group(1), value))
+    if overrides and not getattr(command, "CONFIG", False):
+        raise UsageError(f"{argv[0]} takes no config, so no --config.{overrides[0][0]}.")
+    try:
+        args = fv([argv[0]] + rest)[1:]
+    except flags.UnrecognizedFlagError as e:
+        raise UsageError(f"Unknown flag --{e.flagname}. Check the spelling.") from None
+    except flags.Error as e:
+        raise UsageError(str(e)) from None
+    if args and not getattr(command, "ARGS", None):
+        raise UsageError(f"Unexpected argument {args[0]!r}: every input goes in a flag.")
+    for name in getattr(command, "REQUIRED", ()):
+        if fv[name].value is None:
+            raise UsageError(f"--{name} is required: {fv[name].help}")
+    return fv, overrides, args
+
+
+def help_text(command, fv, prog):
+    """Usage, the command's description and every flag with its default, one per entry."""
+    required = " ".join(f"--{n}=..." for n in getattr(command, "REQUIRED", ()))
+    usage = " ".join(filter(None, [f"usage: {prog}", getattr(command, "ARGS", None), required,
+                                   "[flags]"]))
+    lines = [usage, "", (command.__doc__ or "").strip(), "", "flags:"]
+    seen = set()
+    entries = []
+    for name in fv:
+        flag = fv[name]
+        if id(flag) in seen:
+            continue
+        seen.add(id(flag))
+        names = f"--{flag.name}" + (f", -{flag.short_name}" if flag.short_name else "")
+        default = flag.default
+        if isinstance(default, bool):
+            default = str(default).lower()
+        default = "" if default in (None, []) else f" (default: {default})"
+        entries.append((names, flag.help + default))
+    if getattr(command, "CONFIG", False):
+        entries.insert(1 if entries and entries[0][0] == "--config" else 0, (
+            "--config.KEY=VALUE", "change one value of the config (repeatable), typed after the "
+            "value it replaces: --config.batch_size=64, --config.model.region_size=4"))
+    entries.append(("--help, -h", "show this help and exit"))
+    for names, text in entries:
+        lines.append(f"  {names}")
+        lines += textwrap.wrap(text, 96, initial_indent="      ", subsequent_indent="      ")
+    return "\n".join(lines)
 
 
 def shorten(message, max_lines=12, max_chars=2000):
@@ -74,12 +128,6 @@ def shorten(message, max_lines=12, max_chars=2000):
     if len(short) < len("\n".join(lines)):
         short += " ... (--verbosity=1 shows all of it)"
     return short
-
-
-def _chain(e):
-    while e is not None:
-        yield e
-        e = e.__cause__ or (None if e.__suppress_context__ else e.__context__)
 
 
 def _verbosity(argv):
@@ -132,87 +180,3 @@ class _Stderr(logging.Handler):
 
     def emit(self, record):
         print(f"{record.levelname}: {record.getMessage()}", file=sys.stderr, flush=True)
-
-
-def _config_flags(fv):
-    return [name for name, flag in fv._flags().items()
-            if type(flag).__name__.endswith("ConfigFlag")]
-
-
-def _spec(name, argv):
-    """The value given to --name in argv (`--name=X` or `--name X`), or None."""
-    for i, arg in enumerate(argv):
-        if arg.startswith(f"--{name}="):
-            return arg.split("=", 1)[1]
-        if arg == f"--{name}" and i + 1 < len(argv):
-            return argv[i + 1]
-    return None
-
-
-def _loaded_config(fv, name, argv):
-    """The config flag's ConfigDict, loaded again from argv when parsing stopped before it."""
-    value = fv[name].value
-    if value is not None and type(value).__name__ != "_ErrorConfig":
-        return value
-    try:
-        return load_config(_spec(name, argv) or "")
-    except Exception:  # noqa: BLE001  (then the file's own error is reported instead)
-        return None
-
-
-def _check_config_files(fv):
-    """config_flags defers a config file's load error to its first use: raise it now."""
-    for name in _config_flags(fv):
-        value = fv[name].value
-        if type(value).__name__ == "_ErrorConfig":
-            try:
-                value.keys()
-            except Exception as e:  # noqa: BLE001
-                raise UsageError(_config_file_error(name, fv[name].config_filename, e)) from e
-
-
-def _config_file_error(name, filename, error):
-    inner = list(_chain(error))[-1]
-    if isinstance(inner, (FileNotFoundError, OSError)) and "No such file" in str(inner):
-        return (f"--{name}={filename}: no such config file. Give a path such as "
-                "configs/demo.py, with an optional :argument (configs/demo.py:runlocal).")
-    return f"--{name}: {shorten(str(inner), 3)}"
-
-
-def _keys_at(config, path):
-    """(the first missing key of a dotted path, where, the keys accepted there), or None."""
-    node, done = config, []
-    for key in path.split("."):
-        if not hasattr(node, "keys") or key not in node:
-            accepted = sorted(node.keys()) if hasattr(node, "keys") else []
-            return ".".join(done + [key]), ".".join(done) or "the config", accepted
-        node, done = node[key], done + [key]
-    return None
-
-
-def describe_flag_error(error, fv, argv):
-    """One readable line for a failure while parsing the command line."""
-    inner = list(_chain(error))[-1]
-    named = re.match(r"flag --([\w.]+)=", str(error))
-    flag = getattr(error, "flagname", None) or (named.group(1) if named else None)
-    for name in _config_flags(fv):
-        overrides = [a.split("=", 1)[0].lstrip("-")[len(name) + 1:] for a in argv
-                     if re.match(rf"--?{re.escape(name)}\.", a)]
-        config = _loaded_config(fv, name, argv) if overrides else None
-        for path in overrides if config is not None else ():
-            missing = _keys_at(config, path)
-            if missing:
-                key, where, accepted = missing
-                return (f"Unknown config key --{name}.{key}: {where} has the keys {accepted}. "
-                        "Fix the spelling.")
-        if overrides and _spec(name, argv) is None:
-            return (f"--{name}.{overrides[0]} changes a config file's value, so it needs "
-                    f"--{name} (the run's own: --{name}=WORKDIR/config.json is not a config "
-                    "file; give the file it was made from).")
-        if flag and flag.startswith(f"{name}."):
-            return f"Bad value for --{flag}: {inner}."
-        if flag == name:
-            return _config_file_error(name, (_spec(name, argv) or "").partition(":")[0], error)
-    if isinstance(error, flags.UnrecognizedFlagError):
-        return f"{error}. Check the spelling; --help lists the flags."
-    return shorten(str(error), 3)

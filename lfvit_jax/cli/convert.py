@@ -1,35 +1,23 @@
-"""Converts an official LF-ViT / CF-ViT checkpoint or a timm DeiT state_dict to the project's
-format: an orbax checkpoint of the parameters plus model_config.json, read by `config.init_from`.
+"""Convert official LF-ViT or timm DeiT weights to this project's format.
+
+The format is an orbax checkpoint of the parameters plus model_config.json, which config.init_from
+and load_pretrained read without PyTorch.
+
+  lfvit convert --src lfvit_s224.pth --dst converted/lfvit_s224 --region_size 5
 """
-import sys
+from absl import flags
 
-import jax
-import numpy as np
+from lfvit_jax.weights import pretrained
 
-from lfvit_jax import tasks
-from lfvit_jax.cli import app
-from lfvit_jax.weights.pretrained import load_pretrained, save_converted
-
+REQUIRED = ("src", "dst")
 OVERRIDES = ("name", "num_heads", "region_size", "img_size")
 
 
-def convert(src, dst, allow_pickle=False, **overrides):
-    """Reads `src`, writes `dst`; returns the converted model's config."""
-    model, variables = load_pretrained(src, allow_pickle=allow_pickle, **overrides)
-    save_converted(dst, model, variables)
-    config = tasks.for_model(model).model_config()
-    n = sum(np.size(x) for x in jax.tree_util.tree_leaves(variables))
-    print(f"Wrote {dst}: {n:,} parameters, config {config}")
-    return config
-
-
-def define_flags(fv, argv):
-    del argv
-    from absl import flags
+def define_flags(fv):
     d = dict(flag_values=fv)
     flags.DEFINE_string("src", None, ".pth/.pt state_dict or checkpoint, or .npz of state_dict "
                         "arrays", **d)
-    flags.DEFINE_string("dst", None, "new directory for the converted checkpoint", **d)
+    flags.DEFINE_string("dst", None, "new folder for the converted checkpoint", **d)
     flags.DEFINE_enum("name", None, ["lfvit", "deit"], "model to build (default: lfvit)", **d)
     flags.DEFINE_integer("num_heads", None, "needed when the width is not DeiT Ti/S/B's", **d)
     flags.DEFINE_integer("region_size", None, "region side m (not stored in the weights)", **d)
@@ -37,13 +25,11 @@ def define_flags(fv, argv):
                          "pos_embed)", **d)
     flags.DEFINE_bool("allow_pickle", False, "read .pth files that hold Python objects besides "
                       "tensors (trusted files only)", **d)
-    flags.mark_flags_as_required(["src", "dst"], **d)
 
 
-def main(FLAGS):
-    convert(FLAGS.src, FLAGS.dst, FLAGS.allow_pickle,
-            **{k: FLAGS[k].value for k in OVERRIDES if FLAGS[k].value is not None})
-
-
-if __name__ == "__main__":
-    sys.exit(app.run(define_flags, main))
+def main(FLAGS, overrides, args):
+    del overrides, args
+    config, count = pretrained.convert(
+        FLAGS.src, FLAGS.dst, FLAGS.allow_pickle,
+        **{k: FLAGS[k].value for k in OVERRIDES if FLAGS[k].value is not None})
+    print(f"Wrote {FLAGS.dst}: {count:,} parameters, config {config}")

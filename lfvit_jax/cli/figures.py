@@ -1,33 +1,38 @@
-"""`lfvit figures`: the README's figures from a trained demo workdir."""
+"""Draw the README's figures from a trained demo run.
+
+Writes overlays.png, budget_curve.png, stage_counts.png, easy_hard.png and figures.json (the
+numbers behind them).
+
+  lfvit figures --workdir workdirs/demo --baseline workdirs/demo_baseline --out docs/figures
+"""
 import json
-import sys
 
 from absl import flags
 from etils import epath
 
 from lfvit_jax import demo
-from lfvit_jax.cli import app
 from lfvit_jax.evaluation import figures
 from lfvit_jax.io import rundir
 
+REQUIRED = ("workdir",)
 
-def define_flags(fv, argv):
-    del argv
+
+def define_flags(fv):
     d = dict(flag_values=fv)
-    flags.DEFINE_string("workdir", None, "a finished demo run (main.py --workdir)", **d)
+    flags.DEFINE_string("workdir", None, "a finished demo run (lfvit train --workdir)", **d)
     flags.DEFINE_string("out", None, "folder for the figures (default: WORKDIR/figures)", **d)
-    flags.DEFINE_float("threshold", None, "exit threshold eta in the panel titles (default: "
-                       "the median localization confidence: about half the images exit)", **d)
-    flags.DEFINE_string("baseline", None, "a finished baseline run (configs/demo.py:baseline): "
-                        "its point joins the budget curve", **d)
-    flags.mark_flags_as_required(["workdir"], **d)
+    flags.DEFINE_float("threshold", None, "exit threshold eta in the panel titles (default: the "
+                       "median localization confidence: about half the images exit)", **d)
+    flags.DEFINE_string("baseline", None, "a finished baseline run (--config demo:baseline): its "
+                        "point joins the budget curve", **d)
 
 
-def main(FLAGS):
+def main(FLAGS, overrides, args):
+    del overrides, args
     cfg = rundir.read_config(FLAGS.workdir)
     if cfg is None:
         raise ValueError(f"{FLAGS.workdir} holds no finished run (no config.json); train one with "
-                         "python main.py --config configs/demo.py --workdir ...")
+                         "lfvit train --config demo --workdir ...")
     task, arrays, summary, images = demo.evaluate_split(cfg, FLAGS.workdir)
     threshold = (figures.half_exit_threshold(arrays) if FLAGS.threshold is None
                  else FLAGS.threshold)
@@ -37,7 +42,3 @@ def main(FLAGS):
         figures.baseline_point(FLAGS.baseline) if FLAGS.baseline else None)
     numbers.pop("sweep")
     print(json.dumps(numbers))
-
-
-if __name__ == "__main__":
-    sys.exit(app.run(define_flags, main))

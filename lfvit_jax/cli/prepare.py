@@ -1,10 +1,10 @@
-"""Prepares datasets as tfds array_record datasets, without TensorFlow.
+"""Prepare a dataset as tfds array_record files, without TensorFlow.
 
-  python -m lfvit_jax.cli.prepare cluttered_mnist [--data_dir DIR]
-  python -m lfvit_jax.cli.prepare folder ROOT --name NAME [--data_dir DIR] [--workers N]
-  python -m lfvit_jax.cli.prepare imagenet2012 --manual_dir DIR_WITH_TARS [--data_dir DIR]
-  python -m lfvit_jax.cli.prepare tfds NAME [--data_dir DIR]
-  python -m lfvit_jax.cli.prepare copy NAME --source gs://BUCKET/data [--data_dir DIR]
+  lfvit prepare cluttered_mnist [--data_dir DIR]
+  lfvit prepare folder ROOT --name NAME [--data_dir DIR] [--workers N]
+  lfvit prepare imagenet2012 --manual_dir DIR_WITH_TARS [--data_dir DIR]
+  lfvit prepare tfds NAME [--data_dir DIR]
+  lfvit prepare copy NAME --source gs://BUCKET/data [--data_dir DIR]
 
 cluttered_mnist is embedded (seconds, offline); folder reads ROOT/<split>/<class>/<image> ('val'
 is stored as 'validation'); folder and imagenet2012 resume when rerun; tfds uses the dataset's own
@@ -13,15 +13,16 @@ the right size. A gs:// --data_dir is written on local disk first (a temporary f
 --staging_dir to resume an interrupted conversion), then uploaded.
 """
 import logging
-import sys
 
 import ml_collections
 import tensorflow_datasets as tfds
-from absl import app, flags
+from absl import flags
 
-from lfvit_jax.cli import app as cli
+from lfvit_jax.core.errors import UsageError
 from lfvit_jax.data import convert, pipeline
 from lfvit_jax.io import storage
+
+ARGS = "cluttered_mnist | folder ROOT | imagenet2012 | tfds NAME | copy NAME"
 
 
 def _folder_version(name):
@@ -29,60 +30,60 @@ def _folder_version(name):
     if name == "imagenet2012":
         return convert.IMAGENET_VERSION
     if name in tfds.list_builders(with_community_datasets=False):
-        raise ValueError(f"{name!r} is a tfds dataset with its own features; give the folder "
+        raise UsageError(f"{name!r} is a tfds dataset with its own features; give the folder "
                          "dataset another --name.")
     return "1.0.0"
 
 
-FLAGS = flags.FlagValues()  # its own: tests and other entry points define flags too
-_F = dict(flag_values=FLAGS)
-flags.DEFINE_string("data_dir", None, "tfds data dir, local or gs:// (default: $LFVIT_DATA_DIR, "
-                    "else ~/tensorflow_datasets)", **_F)
-flags.DEFINE_string("staging_dir", None, "with a gs:// --data_dir: the local folder written "
-                    "before the upload (default: a temporary one)", **_F)
-flags.DEFINE_string("source", None, "copy: the data dir (local or gs://) that holds NAME", **_F)
-flags.DEFINE_string("name", None, "folder: the dataset name to read it by", **_F)
-flags.DEFINE_list("splits", None, "folder: split folders (default: all); classes come from the "
-                  "first", **_F)
-flags.DEFINE_string("manual_dir", None, "imagenet2012: the folder with the ILSVRC2012 tars", **_F)
-flags.DEFINE_integer("workers", 0, "folder/imagenet2012: processes writing shards", **_F)
-flags.DEFINE_enum("on_corrupt", "skip", ["skip", "error"], "skip unreadable images (reported "
-                  "at the end) or stop", **_F)
-flags.DEFINE_integer("examples_per_shard", 1024, "records per array_record shard", **_F)
-flags.DEFINE_integer("verbosity", 0, "1 or more: library logs, and a traceback with any error",
-                     short_name="v", **_F)
 COMMANDS = {"cluttered_mnist": 0, "folder": 1, "imagenet2012": 0, "tfds": 1, "copy": 1}  # arguments
-REQUIRED = {  # the flag a command needs, and what it names
+NEEDS = {  # the flag a command needs, and what it names
     "folder": ("name", "the dataset name to read it by"),
     "imagenet2012": ("manual_dir", "the folder with the ILSVRC2012_img_{train,val}.tar files"),
     "copy": ("source", "the data dir that holds the dataset")}
 
 
-def main(argv):
-    """argv: the command line after the program name."""
-    FLAGS.unparse_flags()  # defaults again: in-process callers run several commands
-    command, *rest = FLAGS(["prepare"] + list(argv))[1:] or [None]
+def define_flags(fv):
+    d = dict(flag_values=fv)
+    flags.DEFINE_string("data_dir", None, "tfds data dir, local or gs:// (default: "
+                        "$LFVIT_DATA_DIR, else ~/tensorflow_datasets)", **d)
+    flags.DEFINE_string("staging_dir", None, "with a gs:// --data_dir: the local folder written "
+                        "before the upload (default: a temporary one)", **d)
+    flags.DEFINE_string("source", None, "copy: the data dir (local or gs://) that holds NAME", **d)
+    flags.DEFINE_string("name", None, "folder: the dataset name to read it by", **d)
+    flags.DEFINE_list("splits", None, "folder: split folders (default: all); classes come from "
+                      "the first", **d)
+    flags.DEFINE_string("manual_dir", None, "imagenet2012: the folder with the ILSVRC2012 tars",
+                        **d)
+    flags.DEFINE_integer("workers", 0, "folder/imagenet2012: processes writing shards", **d)
+    flags.DEFINE_enum("on_corrupt", "skip", ["skip", "error"], "skip unreadable images "
+                      "(reported at the end) or stop", **d)
+    flags.DEFINE_integer("examples_per_shard", 1024, "records per array_record shard", **d)
+
+
+def main(FLAGS, overrides, args):
+    del overrides
+    command, *rest = args or [None]
     if command not in COMMANDS or len(rest) != COMMANDS[command]:
-        raise app.UsageError(f"Give one command and its argument: {sorted(COMMANDS)}.")
-    flag, what = REQUIRED.get(command, (None, None))
+        raise UsageError(f"Give one command and its argument: {ARGS}.")
+    flag, what = NEEDS.get(command, (None, None))
     if flag and not FLAGS[flag].value:
-        raise app.UsageError(f"{command} needs --{flag}: {what}.")
+        raise UsageError(f"{command} needs --{flag}: {what}.")
     logging.basicConfig(level=logging.INFO)
     data_dir = pipeline.data_dir(ml_collections.ConfigDict({"data_dir": FLAGS.data_dir}))
     if command == "copy":
         source = storage.path(FLAGS.source) / rest[0]
         if not source.exists():
-            raise app.UsageError(f"No dataset {rest[0]!r} under {FLAGS.source}.")
+            raise UsageError(f"No dataset {rest[0]!r} under {FLAGS.source}.")
         copied = storage.copy_tree(source, storage.path(data_dir) / rest[0])
         print(f"Copied {copied / 2**20:.1f} MiB of {source} to {data_dir}/{rest[0]}")
         return
     with storage.staging(data_dir, FLAGS.staging_dir) as local:
-        prepare(command, rest, local)
+        prepare(FLAGS, command, rest, local)
     if storage.is_remote(data_dir):
         print(f"Uploaded to {data_dir}")
 
 
-def prepare(command, rest, data_dir):
+def prepare(FLAGS, command, rest, data_dir):
     """Runs `command` into the local folder `data_dir`."""
     if command == "cluttered_mnist":
         cfg = ml_collections.ConfigDict({"name": "cluttered_mnist", "data_dir": data_dir})
@@ -102,15 +103,3 @@ def prepare(command, rest, data_dir):
                                         on_corrupt=FLAGS.on_corrupt, workers=FLAGS.workers)
         print(f"Wrote {name} {version} to {data_dir}; corrupt images skipped per split: "
               f"{skipped}")
-
-
-def _run():
-    try:
-        main(sys.argv[1:])
-    except (app.UsageError, flags.Error) as e:  # usage errors exit 2, with the usage
-        print(f"{e}\n\n{__doc__}\nFlags:\n{FLAGS.get_help()}", file=sys.stderr)
-        sys.exit(2)
-
-
-if __name__ == "__main__":
-    sys.exit(cli.guarded(_run))  # other failures: one message, exit 1

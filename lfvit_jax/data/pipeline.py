@@ -25,7 +25,7 @@ from lfvit_jax.data import augment, cluttered_mnist, randaugment
 from lfvit_jax.data.convert import IMAGENET_LABELS
 from lfvit_jax.io import storage
 
-_PREPARE = "python -m lfvit_jax.cli.prepare"
+_PREPARE = "lfvit prepare"
 
 
 def data_dir(data_cfg):

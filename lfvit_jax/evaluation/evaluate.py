@@ -1,14 +1,16 @@
-"""Running a model over an evaluation split, and matching a baseline's accuracy
-(`python -m lfvit_jax.cli.match --workdir LFVIT_RUN --baseline DEIT_RUN`). The task's summaries are
-computed from the per-example arrays, so a threshold sweep never runs the model again.
+"""Running a model over an evaluation split, and matching a baseline's accuracy (`lfvit match`).
+The task's summaries are computed from the per-example arrays, so a threshold sweep never runs the
+model again.
 """
 import json
 
 import jax
 import numpy as np
+from etils import epath
 from jax.experimental import multihost_utils
 
 from lfvit_jax.core import parallel
+from lfvit_jax.core.errors import UsageError
 from lfvit_jax.data.pipeline import Dataset
 from lfvit_jax.evaluation import reports
 from lfvit_jax.io import rundir
@@ -42,25 +44,35 @@ def run(eval_step, params, batches, mesh, preview=16):
 
 def evaluate_weights(config, workdir, which="latest", dataset=None, preview=16):
     """(loaded, arrays, summary, images): `run` over the eval split with the weights found."""
-    if dataset is None:
-        dataset = Dataset(config.data)
+    mesh, loaded = _load(config, workdir, which)
+    return (loaded,) + _evaluate(config, loaded, mesh, dataset, preview)
+
+
+def _load(config, workdir, which):
     if config.data.get("num_classes") and config.data.num_classes != config.model.num_classes:
-        raise ValueError(f"config.model.num_classes={config.model.num_classes} but the data has "
+        raise UsageError(f"config.model.num_classes={config.model.num_classes} but the data has "
                          f"{config.data.num_classes} classes; make them agree.")
     mesh = parallel.make_mesh()
     parallel.check_batch(config.eval_batch_size, mesh, name="config.eval_batch_size")
-    loaded = loading.load(config, workdir, which, mesh)
+    return mesh, loading.load(config, workdir, which, mesh)
+
+
+def _evaluate(config, loaded, mesh, dataset=None, preview=16):
+    dataset = dataset or Dataset(config.data)
     shardings = jax.tree.map(lambda x: x.sharding, loaded.params)
     arrays, images = run(make_eval_step(loaded.task, shardings, mesh), loaded.params,
                          dataset.eval_iterator(config.eval_batch_size), mesh, preview)
-    return loaded, arrays, loaded.task.summarize(arrays, config.eval_thresholds), images
+    return arrays, loaded.task.summarize(arrays, config.eval_thresholds), images
 
 
-def evaluate_checkpoint(config, workdir, which="latest", dataset=None):
-    """`main.py --mode eval`: `evaluate_weights` into an eval folder of its own under the workdir
-    (never over the training run's files). Returns (summary, folder)."""
-    loaded, arrays, summary, images = evaluate_weights(config, workdir, which, dataset)
-    out_dir = rundir.eval_dir(workdir, loaded.step, config)
+def evaluate_checkpoint(config, workdir, which="latest", dataset=None, output=None):
+    """`lfvit eval`: the evaluation into `output`, by default a folder of its own under the
+    workdir (never over the training run's files), checked writable before any compute. Returns
+    (summary, folder)."""
+    mesh, loaded = _load(config, workdir, which)
+    out_dir = epath.Path(output) if output else rundir.eval_dir(workdir, loaded.step, config)
+    rundir.check_writable(out_dir, "give --output a folder you can write to")
+    arrays, summary, images = _evaluate(config, loaded, mesh, dataset)
     reports.save_eval(loaded.task, out_dir, arrays, summary, images, config.data)
     if jax.process_index() == 0:
         print(f"Evaluated {loaded.origin}; results in {out_dir}")

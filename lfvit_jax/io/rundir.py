@@ -11,6 +11,8 @@ import ml_collections
 from etils import epath
 from jax.experimental import multihost_utils
 
+from lfvit_jax.core.errors import UsageError
+
 CONFIG_FILE = "config.json"
 # Config sections that must agree between a workdir's checkpoint and the run continuing it.
 RESUME_MUST_MATCH = ("model", "param_sharding", "ema_decay", "grad_accum")
@@ -52,7 +54,7 @@ def check_resumable(config, workdir):
     diffs = differences({k: old.get(k) for k in RESUME_MUST_MATCH},
                         {k: new.get(k) for k in RESUME_MUST_MATCH})
     if diffs:
-        raise ValueError(
+        raise UsageError(
             f"{workdir} holds a run with a different {diffs} (see {workdir}/{CONFIG_FILE}); its "
             "checkpoint cannot continue with this config. Use a fresh --workdir or the original "
             "config.")
@@ -63,7 +65,7 @@ def check_same_model(config, workdir):
     old = read_config(workdir)
     diffs = [] if old is None else differences({"model": old.model}, {"model": config.model})
     if diffs:
-        raise ValueError(
+        raise UsageError(
             f"The given config's model differs from the run in {workdir} at {diffs}, so the "
             "numbers would not be the run's. Omit --config to use the run's own config.json; to "
             f"try other settings on its weights, use --config.resume={workdir} with a new "
@@ -97,5 +99,22 @@ def check_output(path, overwrite):
     """An existing non-empty output folder is kept unless `overwrite`."""
     path = epath.Path(path)
     if path.exists() and any(path.iterdir()) and not overwrite:
-        raise ValueError(f"{path} exists and is not empty; choose a new --output, or pass "
+        raise UsageError(f"{path} exists and is not empty; choose a new --output, or pass "
                          "--overwrite to replace its files.")
+
+
+def check_writable(path, fix):
+    """Process 0 writes and removes a probe file in `path` or its nearest existing parent, so that
+    a read-only destination fails before any compute and nothing is left behind; `fix` says how
+    to get round it."""
+    if jax.process_index() != 0:
+        return
+    folder = epath.Path(path)
+    while not folder.exists() and folder.parent != folder:
+        folder = folder.parent
+    probe = folder / ".lfvit_write_probe"
+    try:
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise UsageError(f"Cannot write to {path} ({e.strerror or type(e).__name__}); {fix}.") from e

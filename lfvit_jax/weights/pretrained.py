@@ -99,3 +99,12 @@ def load_converted(path, **overrides):
         raise ValueError(f"Could not restore {path} into the model built from its config with "
                          f"overrides {overrides}: {e}") from e
     return task.model, {"params": params}
+
+
+def convert(src, dst, allow_pickle=False, **overrides):
+    """Reads `src` (as `load_pretrained`), writes the converted format to `dst`; returns the
+    model's config and its number of parameters."""
+    model, variables = load_pretrained(src, allow_pickle=allow_pickle, **overrides)
+    save_converted(dst, model, variables)
+    count = sum(x.size for x in jax.tree_util.tree_leaves(variables))
+    return tasks.for_model(model).model_config(), count

@@ -1,0 +1,48 @@
+"""What train, eval and predict share: the run's folder, the processes of a pod, and the config
+(a config file with its overrides, or for eval and predict the trained run's own config.json)."""
+from absl import flags
+
+from lfvit_jax.core import config_args, parallel
+from lfvit_jax.core.errors import UsageError
+from lfvit_jax.io import rundir
+
+
+def define_flags(fv, config_help):
+    d = dict(flag_values=fv)
+    flags.DEFINE_string("config", None, config_help, **d)
+    flags.DEFINE_string("workdir", None, "the run's folder (local or gs://): checkpoints, "
+                        "metrics and evaluations", **d)
+    flags.DEFINE_bool("multiprocess", False, "call jax.distributed.initialize() and let JAX find "
+                      "the other processes (TPU pod slices, GKE; Slurm jobs of several tasks are "
+                      "detected without it)", **d)
+    flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process "
+                        "runs that JAX does not detect by itself", **d)
+    flags.DEFINE_integer("num_processes", None, "with --coordinator_address: number of "
+                         "processes", **d)
+    flags.DEFINE_integer("process_id", None, "with --coordinator_address: this process's "
+                         "index", **d)
+
+
+def start(FLAGS):
+    """Joins the other processes of a multi-process run, if this is one."""
+    if FLAGS.coordinator_address and (FLAGS.num_processes is None or FLAGS.process_id is None):
+        raise UsageError("--coordinator_address needs --num_processes and --process_id too.")
+    parallel.maybe_initialize_distributed(FLAGS.multiprocess, FLAGS.coordinator_address,
+                                          FLAGS.num_processes, FLAGS.process_id)
+
+
+def config(FLAGS, overrides, check_model=False):
+    """--config with its overrides, or without --config (eval, predict) the trained run's own
+    config.json; with `check_model`, a config must build the run's model."""
+    if FLAGS.config is None:
+        cfg = rundir.read_config(FLAGS.workdir)
+        if cfg is None:
+            raise UsageError(f"--config is needed: {FLAGS.workdir} holds no trained run (no "
+                             f"{rundir.CONFIG_FILE}) to take the config from.")
+    else:
+        cfg = config_args.load_config(FLAGS.config)
+    for key, text in overrides:
+        config_args.override(cfg, key, text)
+    if check_model:
+        rundir.check_same_model(cfg, FLAGS.workdir)
+    return cfg
