@@ -10,6 +10,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from lfvit_jax.core.errors import UsageError
+
 PARAM_SHARDINGS = ("replicated", "fsdp")
 
 
@@ -19,7 +21,7 @@ def maybe_initialize_distributed(auto=False, coordinator_address=None, num_proce
     coordinator flags, or `auto`, a Slurm job of several tasks or a multi-host TPU environment."""
     if coordinator_address:
         if num_processes is None or process_id is None:
-            raise ValueError("--coordinator_address needs --num_processes and --process_id too.")
+            raise UsageError("--coordinator_address needs --num_processes and --process_id too.")
         jax.distributed.initialize(coordinator_address=coordinator_address,
                                    num_processes=num_processes, process_id=process_id)
         return True
@@ -47,7 +49,7 @@ def check_batch(global_batch, mesh, grad_accum=1, name="config.batch_size"):
     """Clear error when a batch does not split evenly over devices (and accumulation steps)."""
     n = mesh.devices.size
     if global_batch % (n * grad_accum):
-        raise ValueError(
+        raise UsageError(
             f"Global batch {global_batch} does not divide over {n} devices x {grad_accum} "
             f"gradient-accumulation steps; set {name} to a multiple of {n * grad_accum}.")
 
@@ -63,7 +65,7 @@ def fsdp_spec(shape, n):
 def state_shardings(abstract_state, mesh, mode):
     """A NamedSharding per leaf of an abstract (eval_shape) pytree."""
     if mode not in PARAM_SHARDINGS:
-        raise ValueError(f"config.param_sharding={mode!r} is not one of {PARAM_SHARDINGS}.")
+        raise UsageError(f"config.param_sharding={mode!r} is not one of {PARAM_SHARDINGS}.")
     n = mesh.devices.size
 
     def leaf(x):

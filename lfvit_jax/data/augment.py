@@ -7,6 +7,8 @@ import math
 import numpy as np
 from PIL import Image, ImageEnhance
 
+from lfvit_jax.core.errors import UsageError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -16,7 +18,7 @@ _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.B
 
 def resample_filter(name):
     if name not in _RESAMPLE:
-        raise ValueError(f"Unknown interpolation {name!r}; use one of {sorted(_RESAMPLE)}.")
+        raise UsageError(f"Unknown interpolation {name!r}; use one of {sorted(_RESAMPLE)}.")
     return _RESAMPLE[name]
 
 
@@ -123,7 +125,7 @@ def mixup_cutmix(images, labels, rng, *, num_classes, mixup, cutmix, switch_prob
     (images mixed in place, soft targets). With both alphas positive, cutmix is chosen with
     probability `switch_prob`; its lam is corrected to the clipped box area."""
     if len(images) % 2:
-        raise ValueError(f"Mixup/cutmix pairs each example with its mirror in the batch, so the "
+        raise UsageError(f"Mixup/cutmix pairs each example with its mirror in the batch, so the "
                          f"per-process batch must be even; got {len(images)}.")
     off = smoothing / num_classes  # label smoothing
     targets = np.full((len(labels), num_classes), off, np.float32)

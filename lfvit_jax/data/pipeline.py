@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from lfvit_jax.core.errors import UsageError
 from lfvit_jax.data import augment, cluttered_mnist, randaugment
 from lfvit_jax.data.convert import IMAGENET_LABELS
 from lfvit_jax.io import storage
@@ -75,10 +76,10 @@ def _num_classes(data_cfg, builder):
     feature = builder.info.features[data_cfg.label_key]
     stored = getattr(feature, "num_classes", None)
     if data_cfg.num_classes and stored and data_cfg.num_classes != stored:
-        raise ValueError(f"num_classes={data_cfg.num_classes} in the data config, but "
+        raise UsageError(f"num_classes={data_cfg.num_classes} in the data config, but "
                          f"{data_cfg.name!r} has {stored} classes; fix num_classes.")
     if not (data_cfg.num_classes or stored):
-        raise ValueError(f"Set num_classes in the data config: {data_cfg.name!r} does not say.")
+        raise UsageError(f"Set num_classes in the data config: {data_cfg.name!r} does not say.")
     return data_cfg.num_classes or stored
 
 
@@ -108,7 +109,7 @@ def get_dataset_info(data_cfg):
 def _check(data_cfg, global_batch_size, process_index, process_count):
     """(process_index, process_count, per-process batch), checked; None means this process."""
     if data_cfg.on_corrupt not in ("skip", "error"):
-        raise ValueError(f"on_corrupt must be 'skip' or 'error', got {data_cfg.on_corrupt!r}.")
+        raise UsageError(f"on_corrupt must be 'skip' or 'error', got {data_cfg.on_corrupt!r}.")
     if data_cfg.workers and not flags.FLAGS.is_parsed():
         # grain 0.2.18 reads its absl flags when it starts workers; outside an absl app
         # (tests, notebooks) nothing has parsed them, so take their defaults.
@@ -118,7 +119,7 @@ def _check(data_cfg, global_batch_size, process_index, process_count):
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} is outside [0, {process_count}).")
     if global_batch_size <= 0 or global_batch_size % process_count:
-        raise ValueError(f"Global batch size {global_batch_size} must be a positive multiple "
+        raise UsageError(f"Global batch size {global_batch_size} must be a positive multiple "
                          f"of the process count {process_count}.")
     return process_index, process_count, global_batch_size // process_count
 
@@ -364,10 +365,10 @@ def train_iterator(data_cfg, global_batch_size, *, seed, process_index=None, pro
     process_index, process_count, local_batch = _check(data_cfg, global_batch_size,
                                                        process_index, process_count)
     if (data_cfg.mixup > 0 or data_cfg.cutmix > 0) and local_batch % 2:
-        raise ValueError(f"Mixup/cutmix pair each example with its mirror in the batch, so the "
+        raise UsageError(f"Mixup/cutmix pair each example with its mirror in the batch, so the "
                          f"per-process batch must be even; got {local_batch}.")
     if data_cfg.repeated_aug < 1:
-        raise ValueError(f"repeated_aug must be >= 1 (1 = off), got {data_cfg.repeated_aug}.")
+        raise UsageError(f"repeated_aug must be >= 1 (1 = off), got {data_cfg.repeated_aug}.")
     builder = prepared_builder(data_cfg)
     num_classes = _num_classes(data_cfg, builder)
     source = _source(data_cfg, builder, data_cfg.train_split)

@@ -8,6 +8,7 @@ import re
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
+from lfvit_jax.core.errors import UsageError
 from lfvit_jax.data import augment
 
 _MAX_LEVEL = 10.0
@@ -91,18 +92,18 @@ def parse(spec):
     """'rand-m9-mstd0.5-inc1' -> dict(m=9.0, n=2, mstd=0.5, p=0.5); only the increasing ops."""
     parts = spec.split("-")
     if parts[0] != "rand":
-        raise ValueError(f"RandAugment spec {spec!r} must start with 'rand-', "
+        raise UsageError(f"RandAugment spec {spec!r} must start with 'rand-', "
                          "e.g. 'rand-m9-mstd0.5-inc1'.")
     out = dict(m=9.0, n=2, mstd=0.0, p=0.5, inc=0)
     for part in parts[1:]:
         match = re.fullmatch(r"([a-z]+)(\d+(?:\.\d*)?)", part)
         if not match or match.group(1) not in out:
-            raise ValueError(f"Unknown RandAugment field {part!r} in {spec!r}; "
+            raise UsageError(f"Unknown RandAugment field {part!r} in {spec!r}; "
                              "supported: m<float>, n<int>, mstd<float>, p<float>, inc1.")
         key, value = match.groups()
         out[key] = type(out[key])(float(value))
     if not out["inc"]:
-        raise ValueError(f"Only the increasing op set is implemented; add '-inc1' to {spec!r}.")
+        raise UsageError(f"Only the increasing op set is implemented; add '-inc1' to {spec!r}.")
     return out
 
 

@@ -12,16 +12,17 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from lfvit_jax.core.errors import UsageError
 from lfvit_jax.models import geometry, selection
-from lfvit_jax.models.vit import Mlp, VitTrunk, check_images, layer_norm, trunc_normal
 from lfvit_jax.models.resize import resize_align_corners
+from lfvit_jax.models.vit import Mlp, VitTrunk, check_images, layer_norm, trunc_normal
 
 FOCUS_MODES = ("region", "whole")
 
 
 def check_threshold(threshold):
     if isinstance(threshold, (int, float)) and not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"Exit threshold eta={threshold} is outside [0, 1]; it is compared with "
+        raise UsageError(f"Exit threshold eta={threshold} is outside [0, 1]; it is compared with "
                          "the localization stage's top softmax probability.")
 
 
@@ -80,8 +81,11 @@ class LFViT(VitTrunk):
             return tuple(range(self.depth // 4, self.depth))
         return tuple(self.gca_blocks)
 
+    def __post_init__(self):
+        self._validate()  # at construction: a wrong config fails before any data is read
+        super().__post_init__()
+
     def setup(self):
-        self._validate()
         super().setup()
         h1, h2 = self.h1, 2 * self.h1
         self.pos_embed_list_0 = self.param("pos_embed_list_0", trunc_normal, (1, 1 + h1 * h1, self.width))
@@ -92,21 +96,21 @@ class LFViT(VitTrunk):
     def _validate(self):
         step = 2 * self.patch
         if self.img_size % step or self.img_size < step:
-            raise ValueError(f"img_size {self.img_size} must be a positive multiple of {step} "
+            raise UsageError(f"img_size {self.img_size} must be a positive multiple of {step} "
                              f"(twice the patch size {self.patch}), e.g. 224 or 288.")
         if not 1 <= self.region_size <= self.h1:
-            raise ValueError(f"region_size m={self.region_size} must be in [1, {self.h1}]: the coarse "
+            raise UsageError(f"region_size m={self.region_size} must be in [1, {self.h1}]: the coarse "
                              f"grid of a {self.img_size}px image is {self.h1}x{self.h1}.")
         if not 0.0 < self.alpha <= 1.0:
-            raise ValueError(f"alpha={self.alpha} must be in (0, 1]: it is the fraction of the "
+            raise UsageError(f"alpha={self.alpha} must be in (0, 1]: it is the fraction of the "
                              "region's tokens that are refined.")
         if not 0.0 <= self.beta < 1.0:
-            raise ValueError(f"beta={self.beta} must be in [0, 1): it is the GCA moving-average decay.")
+            raise UsageError(f"beta={self.beta} must be in [0, 1): it is the GCA moving-average decay.")
         if not self.target_blocks or not all(0 <= b < self.depth for b in self.target_blocks):
-            raise ValueError(f"gca_blocks {self.target_blocks} must be non-empty block indices "
+            raise UsageError(f"gca_blocks {self.target_blocks} must be non-empty block indices "
                              f"in [0, {self.depth}).")
         if self.region_method not in selection.REGION_METHODS:
-            raise ValueError(f"region_method {self.region_method!r} is not one of "
+            raise UsageError(f"region_method {self.region_method!r} is not one of "
                              f"{selection.REGION_METHODS}.")
 
     def __call__(self, images, threshold=None, train=False, focus="region"):

@@ -16,12 +16,14 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from lfvit_jax.core.errors import UsageError
+
 MATMUL_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def check(matmul_dtype):
     if matmul_dtype not in MATMUL_DTYPES:
-        raise ValueError(f"matmul_dtype={matmul_dtype!r} is not one of {sorted(MATMUL_DTYPES)} "
+        raise UsageError(f"matmul_dtype={matmul_dtype!r} is not one of {sorted(MATMUL_DTYPES)} "
                          "(set config.model.matmul_dtype, or --precision).")
 
 

@@ -9,6 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lfvit_jax.core.errors import UsageError
 from lfvit_jax.models import precision
 
 # width, depth, heads of the DeiT family (the one place they are written); the MLP is 4x the width.
@@ -218,14 +219,14 @@ def resolve_width(variant: Optional[str], width, depth, num_heads, mlp_dim):
     """Fills width/depth/heads/mlp from a DeiT variant name; explicit values win."""
     if variant is not None:
         if variant not in VARIANTS:
-            raise ValueError(f"Unknown DeiT variant {variant!r}; choose one of {sorted(VARIANTS)} "
+            raise UsageError(f"Unknown DeiT variant {variant!r}; choose one of {sorted(VARIANTS)} "
                              "or give width, depth and num_heads explicitly.")
         w, dp, hd = VARIANTS[variant]
         width, depth, num_heads = width or w, depth or dp, num_heads or hd
     if not (width and depth and num_heads):
-        raise ValueError("Give a DeiT variant (Ti, S, B) or all of width, depth and num_heads.")
+        raise UsageError("Give a DeiT variant (Ti, S, B) or all of width, depth and num_heads.")
     if width % num_heads:
-        raise ValueError(f"width {width} is not divisible by num_heads {num_heads}.")
+        raise UsageError(f"width {width} is not divisible by num_heads {num_heads}.")
     return width, depth, num_heads, mlp_dim or 4 * width
 
 
@@ -244,10 +245,13 @@ class VitTrunk(nn.Module):
     dense_init: str = "deit"  # a key of DENSE_INITS
     matmul_dtype: str = "float32"  # operands of every matmul: a key of precision.MATMUL_DTYPES
 
-    def setup(self):
+    def __post_init__(self):
         if self.dense_init not in DENSE_INITS:
-            raise ValueError(f"dense_init={self.dense_init!r} is not one of {sorted(DENSE_INITS)}.")
+            raise UsageError(f"dense_init={self.dense_init!r} is not one of {sorted(DENSE_INITS)}.")
         precision.check(self.matmul_dtype)
+        super().__post_init__()
+
+    def setup(self):
         self.patch_embed = PatchEmbed(self.width, self.patch, self.matmul_dtype)
         self.cls_token = self.param("cls_token", trunc_normal, (1, 1, self.width))
         rates = [self.drop_path * i / max(self.depth - 1, 1) for i in range(self.depth)]

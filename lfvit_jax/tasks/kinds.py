@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lfvit_jax.core.errors import UsageError
 from lfvit_jax.io.state_dict import deit_into_lfvit
 from lfvit_jax.models import flops
 from lfvit_jax.models.lfvit import LFViT
@@ -117,7 +118,7 @@ class LFViTTask(Task):
 
     def loss(self, out, targets, loss="ce_kl"):
         if loss not in objective.LOSSES:
-            raise ValueError(f"config.loss={loss!r} is not one of {objective.LOSSES}.")
+            raise UsageError(f"config.loss={loss!r} is not one of {objective.LOSSES}.")
         ce = objective.soft_cross_entropy(out["focus_logits"], targets)
         if loss == "ce_kl":
             second = {"kl": objective.distill_kl(out["focus_logits"], out["loc_logits"])}
@@ -192,7 +193,7 @@ def build(model_cfg):
     cfg = dict(model_cfg)
     name = cfg.pop("name", "lfvit")
     if name not in TASKS:
-        raise ValueError(f"Unknown model name {name!r}; choose one of {sorted(TASKS)}.")
+        raise UsageError(f"Unknown model name {name!r}; choose one of {sorted(TASKS)}.")
     task = TASKS[name]
     width, depth, heads, mlp = resolve_width(
         cfg.pop("variant", None), cfg.pop("width", None), cfg.pop("depth", None),
@@ -203,7 +204,7 @@ def build(model_cfg):
         if key in others:
             continue  # e.g. a DeiT baseline config that keeps LF-ViT's fields: they do not apply
         if key not in task.model_class.__dataclass_fields__ or key in ("parent", "name"):
-            raise ValueError(f"Unknown model config key {key!r} for {name}.")
+            raise UsageError(f"Unknown model config key {key!r} for {name}.")
         kwargs[key] = tuple(value) if isinstance(value, list) else value  # lists from JSON
     return task(task.model_class(**kwargs))
 

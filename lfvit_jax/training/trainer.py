@@ -53,7 +53,7 @@ class Schedule:
 
     def __init__(self, config, train_examples):
         if config.batch_size > train_examples:
-            raise ValueError(f"config.batch_size={config.batch_size} exceeds the "
+            raise UsageError(f"config.batch_size={config.batch_size} exceeds the "
                              f"{train_examples} training examples.")
         self.steps_per_epoch = train_examples // config.batch_size
         per_epoch = (config.total_steps / config.total_epochs if config.total_steps
@@ -122,7 +122,7 @@ class Setup:
         model_cfg = config.model
         for key, value in (("num_classes", info["num_classes"]), ("img_size", info["image_size"])):
             if model_cfg[key] != value:
-                raise ValueError(f"config.model.{key}={model_cfg[key]} but the dataset has "
+                raise UsageError(f"config.model.{key}={model_cfg[key]} but the dataset has "
                                  f"{key}={value}; make them agree.")
         self.mesh = mesh or parallel.make_mesh()
         parallel.check_batch(config.batch_size, self.mesh, config.grad_accum)
@@ -239,6 +239,8 @@ def train_and_evaluate(config, workdir, dataset=None):
     """Trains to the end of the schedule (or until SIGTERM); returns the final eval summary."""
     if dataset is None:
         dataset = Dataset(config.data)
+    check_config(config)
+    tasks.build(config.model)  # a wrong model config fails before the dataset is opened
     setup = Setup(config, dataset.info)
     rundir.check_resumable(config, workdir)
     sched = setup.schedule
