@@ -21,7 +21,7 @@ from lfvit_jax.training import trainer
 config_flags.DEFINE_config_file("config", "configs/demo.py", "An LF-ViT config.")
 flags.DEFINE_integer("batch", 64, "Global batch per step.")
 flags.DEFINE_enum("precision", None, ["float32", "bfloat16"], "Operand dtype of the step's "
-                  "matmuls (sets config.compute_dtype; default the config's).")
+                  "matmuls (sets config.precision; default the config's).")
 flags.DEFINE_integer("steps", 5, "Timed steps per model and phase (after one warm-up step).")
 FLAGS = flags.FLAGS
 
@@ -54,12 +54,12 @@ def main(argv):
     if config.model.name != "lfvit":
         raise ValueError("Give an LF-ViT config; its DeiT twin is built from the same model section.")
     if FLAGS.precision:
-        config.compute_dtype = FLAGS.precision
+        config.precision = FLAGS.precision
     deit_config = config.copy_and_resolve_references()
     with deit_config.unlocked():
         deit_config.model.name = "deit"
     result = {"device": jax.devices()[0].device_kind, "devices": jax.device_count(),
-              "precision": config.compute_dtype, "batch": FLAGS.batch}
+              "precision": config.precision, "batch": FLAGS.batch}
     result["deit_s"] = seconds_per_step(deit_config, "full", FLAGS.batch, FLAGS.steps)
     for phase in ("whole", "region"):
         t = seconds_per_step(config.copy_and_resolve_references(), phase, FLAGS.batch,

@@ -10,14 +10,14 @@ import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-# The one place that names where the repository is published; LFVIT_JAX_REPO overrides it.
-DEFAULT_REPO = "https://github.com/lfvit-jax/lfvit_jax"
 
-SETUP = f'''# Setup. Inside a checkout of the repository (its requirements installed), use the checkout;
-# elsewhere, e.g. on Colab, install the project from its repository ($LFVIT_JAX_REPO).
+SETUP = '''# Setup. Inside a checkout of the repository (its requirements installed) the checkout is used,
+# and an installed lfvit_jax as it is. Elsewhere, e.g. on Colab, set SOURCE (or the environment
+# variable LFVIT_JAX_SOURCE) to what pip should install: your repository's URL
+# ("git+https://..."), a local folder, or a wheel built with `pip wheel --no-deps .`.
 import os, pathlib, subprocess, sys
 
-REPO = os.environ.get("LFVIT_JAX_REPO", "{DEFAULT_REPO}")
+SOURCE = os.environ.get("LFVIT_JAX_SOURCE", "")
 checkout = next((d for d in (pathlib.Path.cwd(), *pathlib.Path.cwd().parents)
                  if (d / "lfvit_jax" / "__init__.py").is_file()), None)
 if checkout is not None:
@@ -26,9 +26,15 @@ else:
     try:
         import lfvit_jax  # noqa: F401  (already installed)
     except ImportError:
+        if not SOURCE and "google.colab" in sys.modules:  # no source named: upload a wheel
+            from google.colab import files
+            SOURCE = os.path.abspath(next(iter(files.upload())))
+        if not SOURCE:
+            raise SystemExit("lfvit_jax is not installed: set SOURCE above (a git URL, a folder "
+                             "or a .whl file) or the environment variable LFVIT_JAX_SOURCE.")
         # scikit-image ships the quickstart's sample photographs (Colab has it already).
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"git+{{REPO}}",
-                        "scikit-image"], check=True)'''
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", SOURCE, "scikit-image"],
+                       check=True)'''
 
 DEMO_NOTE = ("Without a converted checkpoint these notebooks use the small demo model "
              "(`configs/demo.py`, cluttered MNIST at 64 px). The first notebook to need it trains "
@@ -55,13 +61,15 @@ def quickstart():
             "import jax\n"
             "import numpy as np\n"
             "from IPython.display import display\n\n"
-            "from lfvit_jax import demo, figures, load_pretrained\n"
-            "from lfvit_jax.data import imagenet_config\n\n"
-            "# A converted ImageNet checkpoint (python -m lfvit_jax.cli.convert SRC DST) if you have\n"
+            "from lfvit_jax import demo, load_pretrained\n"
+            "from lfvit_jax.data.defaults import imagenet_config\n"
+            "from lfvit_jax.evaluation import figures\n\n"
+            "# A converted ImageNet checkpoint (lfvit convert --src SRC --dst DST) if you have\n"
             "# one; otherwise the demo model, trained here on first use.\n"
             "CHECKPOINT = os.environ.get(\"LFVIT_CHECKPOINT\", \"\")\n"
             "if CHECKPOINT:\n"
-            "    model, variables = load_pretrained(CHECKPOINT, matmul_dtype=demo.precision())\n"
+            "    model, variables = load_pretrained(CHECKPOINT)\n"
+            "    model = model.clone(matmul_dtype=demo.precision())\n"
             "    data_cfg = imagenet_config()\n"
             "else:\n"
             "    config, workdir = demo.config(), demo.workdir()\n"
@@ -120,7 +128,9 @@ def tradeoff_explorer():
             "%matplotlib inline\n"
             "import numpy as np\n"
             "from IPython.display import display\n\n"
-            "from lfvit_jax import demo, figures, plotting, sweep\n\n"
+            "from lfvit_jax import demo\n"
+            "from lfvit_jax.evaluation import figures, plotting\n"
+            "from lfvit_jax.tasks import sweep\n\n"
             "config, workdir = demo.config(), demo.workdir()\n"
             "demo.ensure_trained(config, workdir)\n"
             "task, arrays, summary, images = demo.evaluate_split(config, workdir)\n"
@@ -177,14 +187,16 @@ def training_walkthrough():
             "Trains the demo config (`configs/demo.py`: a 4-block LF-ViT on cluttered MNIST) "
             "from this notebook, plots its curves, and resumes a run from a checkpoint. About "
             "9-10 minutes on a 2-core CPU; `LFVIT_NOTEBOOK_FAST=1` trains the 8-step `runlocal` "
-            "variant instead. The same run from a shell: `python main.py --config "
-            "configs/demo.py --workdir workdirs/demo`."),
+            "variant instead. The same run from a shell: `lfvit train --config demo "
+            "--workdir workdirs/demo`."),
         new_code_cell(SETUP),
         new_code_cell(
             "%matplotlib inline\n"
             "import shutil\n"
             "from IPython.display import display\n\n"
-            "from lfvit_jax import demo, plotting, train\n\n"
+            "from lfvit_jax import demo\n"
+            "from lfvit_jax.evaluation import plotting\n"
+            "from lfvit_jax.training import trainer\n\n"
             "config = demo.config()\n"
             "print(\"model:\", dict(config.model))\n"
             "print({k: config[k] for k in (\"batch_size\", \"total_epochs\", \"total_steps\", \"lr\",\n"
@@ -199,7 +211,7 @@ def training_walkthrough():
             "stopped = workdir + \"_stopped\"\n"
             "for path in (workdir, stopped):\n"
             "    shutil.rmtree(path, ignore_errors=True)\n"
-            "summary = train.train_and_evaluate(config, workdir)\n"
+            "summary = trainer.train_and_evaluate(config, workdir)\n"
             "print(sorted(os.listdir(workdir)))"),
         new_markdown_cell("## Curves (from the workdir's `metrics.jsonl`)"),
         new_code_cell("display(plotting.training_curves(demo.read_metrics(workdir), \"demo LF-ViT\"))"),
@@ -216,7 +228,7 @@ def training_walkthrough():
             "shutil.copy(os.path.join(workdir, \"config.json\"), stopped)\n"
             "shutil.copytree(os.path.join(workdir, \"checkpoints\", str(steps[-2])),\n"
             "                os.path.join(stopped, \"checkpoints\", str(steps[-2])))\n"
-            "resumed = train.train_and_evaluate(config, stopped)\n"
+            "resumed = trainer.train_and_evaluate(config, stopped)\n"
             "for key in (\"loc_top1\", \"focus_top1\"):\n"
             "    print(f\"{key}: uninterrupted {summary[key]:.4f}, resumed from step {steps[-2]} \"\n"
             "          f\"{resumed[key]:.4f}\")\n"

@@ -55,7 +55,7 @@ def get_config(arg=None):
     config.loss = "ce_ce"
     # Peak lr 2e-3 (= lr * batch / 512): short runs of small ViTs want a high rate and many steps.
     config.update(batch_size=64, eval_batch_size=200, warmup_epochs=1.0, lr=1.6e-2,
-                  compute_dtype="float32", log_every_steps=50, eval_every_epochs=arg.epochs / 3,
+                  precision="float32", log_every_steps=50, eval_every_epochs=arg.epochs / 3,
                   checkpoint_every_steps=200)
     if arg.runlocal:
         recipes.runlocal(config, given)

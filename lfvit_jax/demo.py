@@ -25,7 +25,7 @@ def config(fast=None):
     """configs/demo.py, or its `runlocal` variant in the fast setting, at `precision()`."""
     fast = is_fast() if fast is None else fast
     cfg = load_config("demo.py:runlocal" if fast else "demo.py")
-    cfg.model.matmul_dtype = precision()
+    cfg.precision = precision()
     return cfg
 
 

@@ -137,7 +137,7 @@ USAGE = [
     (["--config", "configs/demo.py:alpha"], ["'alpha' needs a value"]),
     (["--config", "configs/lfvit_deit_s.py:runlocal,res=288"], ["runlocal trains at 64 px"]),
     (["--config", "configs/nope.py"], ["Config 'configs/nope.py' not found", "'demo'"]),
-    (DEMO + ["--config.compute_dtype=float16"], ["compute_dtype", "float32"]),
+    (DEMO + ["--config.precision=float16"], ["precision", "float32"]),
     (DEMO + ["--bogus"], ["Unknown flag --bogus"]),
     (DEMO + ["--mode=fly"], ["--mode", "train"]),
     (DEMO + ["--mode=eval", "--checkpoint=newest"], ["'latest', 'best' or a step number"]),

@@ -136,7 +136,7 @@ def test_bfloat16_gelu_uses_an_erf_as_accurate_as_xlas():
 def test_bfloat16_training_keeps_float32_state_and_gradients_close():
     config = train_fakes.tiny_config()
     info = train_fakes.get_dataset_info(config.data)
-    low_config = train_fakes.tiny_config(compute_dtype="bfloat16")
+    low_config = train_fakes.tiny_config(precision="bfloat16")
     setup, low = trainer.Setup(config, info), trainer.Setup(low_config, info)
     state = setup.scratch_state()
     batch = next(train_fakes.train_iterator(config.data, config.batch_size, seed=0))
@@ -146,7 +146,8 @@ def test_bfloat16_training_keeps_float32_state_and_gradients_close():
                                    batch["label"])[0]
         return jax.jit(jax.value_and_grad(loss))(state["params"])
     (l32, g32) = grads(setup.task)
-    (l16, g16) = grads(tasks.for_model(setup.task.model.clone(matmul_dtype="bfloat16")))
+    (l16, g16) = grads(low.task)
+    assert setup.task.model.matmul_dtype == "float32" and low.task.model.matmul_dtype == "bfloat16"
     np.testing.assert_allclose(l16, l32, rtol=2e-2)
     flat32, flat16 = (np.concatenate([np.ravel(x) for x in jax.tree.leaves(g)]) for g in (g32, g16))
     assert np.linalg.norm(flat16 - flat32) < 0.05 * np.linalg.norm(flat32)
@@ -166,13 +167,15 @@ def test_unknown_precision_is_a_clear_error():
 
 
 def test_a_runs_precision_is_not_part_of_its_model(tmp_path):
-    """eval/predict --precision and a resumed run may change matmul_dtype, nothing else."""
+    """eval/predict --precision and a resumed run may change config.precision: it is not a model
+    setting (config.model refuses one)."""
     run = train_fakes.tiny_config()
     rundir.write_config(run, tmp_path)
-    other = train_fakes.tiny_config()
-    other.model.matmul_dtype = "bfloat16"
+    other = train_fakes.tiny_config(precision="bfloat16")
     rundir.check_same_model(other, tmp_path)
     rundir.check_resumable(other, tmp_path)
+    with pytest.raises(ValueError, match="matmul_dtype"):
+        tasks.build(dict(other.model, matmul_dtype="bfloat16"))
     other.model.width = 64
     with pytest.raises(ValueError, match=r"model\.width"):
         rundir.check_same_model(other, tmp_path)

@@ -107,7 +107,7 @@ def tiny_config(name="lfvit", **overrides):
     config.data = data_config()
     recipes.deit_training(config, total_epochs=4, selection_start_epoch=2)
     config.update(batch_size=16, eval_batch_size=8, warmup_epochs=1, lr=1e-3,
-                  compute_dtype="float32", log_every_steps=2, eval_every_epochs=4,
+                  precision="float32", log_every_steps=2, eval_every_epochs=4,
                   checkpoint_every_steps=4)
     config.update(overrides)
     return config

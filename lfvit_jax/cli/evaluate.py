@@ -43,7 +43,7 @@ def job_config(FLAGS, overrides):
                          "number.")
     jobs.start(FLAGS)
     cfg = jobs.config(FLAGS, overrides, check_model=True)
-    cfg.model.matmul_dtype = FLAGS.precision
+    cfg.precision = FLAGS.precision
     return cfg
 
 

@@ -16,8 +16,6 @@ from lfvit_jax.core.errors import UsageError
 CONFIG_FILE = "config.json"
 # Config sections that must agree between a workdir's checkpoint and the run continuing it.
 RESUME_MUST_MATCH = ("model", "param_sharding", "ema_decay", "grad_accum")
-# Model keys that change how the weights are computed with, not which weights fit.
-COMPUTE_ONLY = ("model.matmul_dtype",)
 
 
 def _plain(config):
@@ -33,14 +31,14 @@ def read_config(workdir):
 
 
 def differences(a, b, prefix=""):
-    """Dotted keys whose values differ between two (nested) configs, `COMPUTE_ONLY` aside."""
+    """Dotted keys whose values differ between two (nested) configs."""
     a, b = _plain(a), _plain(b)
     out = []
     for key in sorted(set(a) | set(b)):
         x, y = a.get(key), b.get(key)
         if isinstance(x, dict) and isinstance(y, dict):
             out += differences(x, y, f"{prefix}{key}.")
-        elif x != y and f"{prefix}{key}" not in COMPUTE_ONLY:
+        elif x != y:
             out.append(f"{prefix}{key}")
     return out
 

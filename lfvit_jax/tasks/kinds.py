@@ -188,8 +188,9 @@ class LFViTTask(Task):
 TASKS = {task.name: task for task in (LFViTTask, DeiTTask)}
 
 
-def build(model_cfg):
-    """The task of a dict-like `config.model` (see configs/lfvit_deit_s.py), with its model."""
+def build(model_cfg, precision="float32"):
+    """The task of a dict-like `config.model` (see configs/lfvit_deit_s.py), with its model, whose
+    matmuls take `precision` operands (config.precision)."""
     cfg = dict(model_cfg)
     name = cfg.pop("name", "lfvit")
     if name not in TASKS:
@@ -198,12 +199,13 @@ def build(model_cfg):
     width, depth, heads, mlp = resolve_width(
         cfg.pop("variant", None), cfg.pop("width", None), cfg.pop("depth", None),
         cfg.pop("num_heads", None), cfg.pop("mlp_dim", None))
-    kwargs = dict(width=width, depth=depth, num_heads=heads, mlp_dim=mlp)
+    kwargs = dict(width=width, depth=depth, num_heads=heads, mlp_dim=mlp, matmul_dtype=precision)
     others = {f for t in TASKS.values() for f in t.own_fields} - set(task.own_fields)
     for key, value in cfg.items():
         if key in others:
             continue  # e.g. a DeiT baseline config that keeps LF-ViT's fields: they do not apply
-        if key not in task.model_class.__dataclass_fields__ or key in ("parent", "name"):
+        if (key not in task.model_class.__dataclass_fields__
+                or key in ("parent", "name", "matmul_dtype")):
             raise UsageError(f"Unknown model config key {key!r} for {name}.")
         kwargs[key] = tuple(value) if isinstance(value, list) else value  # lists from JSON
     return task(task.model_class(**kwargs))

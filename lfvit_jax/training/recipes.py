@@ -29,7 +29,9 @@ def deit_training(config, *, total_epochs=300, selection_start_epoch=231):
     config.update(lr=5e-4, warmup_lr=1e-6, min_lr=1e-5, wd=0.05, adam_eps=1e-8)
     config.loss = "ce_kl"  # or 'ce_ce', the paper's ablation
     config.grad_accum = 1
-    config.compute_dtype = "bfloat16"  # the release trains with mixed precision
+    # Operands of every matmul in training and its evaluations (float32 accumulation; see
+    # models/precision.py): the release trains with mixed precision.
+    config.precision = "bfloat16"
     config.ema_decay = 0.0  # 0 = off; e.g. 0.9998
     config.param_sharding = "replicated"  # or 'fsdp'
     config.update(seed=0, log_every_steps=100, eval_every_epochs=5.0, checkpoint_every_steps=1000,
@@ -58,6 +60,6 @@ def runlocal(config, given=()):
         if "m" not in given:
             config.model.region_size = 2
     config.update(batch_size=16, eval_batch_size=100, total_steps=8, log_every_steps=2,
-                  checkpoint_every_steps=4, compute_dtype="float32")
+                  checkpoint_every_steps=4, precision="float32")
     config.eval_every_epochs = config.total_epochs  # once, at the end
     return config

@@ -40,8 +40,8 @@ def check_config(config):
     if unknown:
         raise UsageError(f"Unknown config keys {unknown}; the training loop reads "
                              f"{sorted(CONFIG_KEYS)}. Fix the spelling in the config file.")
-    if config.compute_dtype not in precision.MATMUL_DTYPES:
-        raise UsageError(f"config.compute_dtype={config.compute_dtype!r} is not one of "
+    if config.precision not in precision.MATMUL_DTYPES:
+        raise UsageError(f"config.precision={config.precision!r} is not one of "
                              f"{sorted(precision.MATMUL_DTYPES)}.")
     if config.grad_accum < 1:
         raise UsageError(f"config.grad_accum={config.grad_accum} must be >= 1.")
@@ -67,9 +67,8 @@ class Schedule:
 
 def make_train_step(task, tx, lr_fn, config, mesh, state_shardings, phase):
     """A jitted, state-donating update on one global batch (split into `grad_accum` parts); its
-    matmuls take `config.compute_dtype` operands, parameters and optimizer state stay float32."""
+    matmuls take `config.precision` operands, parameters and optimizer state stay float32."""
     accum = config.grad_accum
-    task = tasks.for_model(task.model.clone(matmul_dtype=config.compute_dtype))
     base_key = jax.random.key(config.seed)
     batch_spec = parallel.batch_sharding(mesh)
 
@@ -127,7 +126,7 @@ class Setup:
         self.mesh = mesh or parallel.make_mesh()
         parallel.check_batch(config.batch_size, self.mesh, config.grad_accum)
         parallel.check_batch(config.eval_batch_size, self.mesh, name="config.eval_batch_size")
-        self.task = tasks.build(model_cfg)
+        self.task = tasks.build(model_cfg, config.precision)
         self.schedule = Schedule(config, info["train_examples"])
         self.lr_fn = optim.schedule(config, self.schedule.total, self.schedule.warmup)
         self.tx = optim.optimizer(config, self.schedule.total, self.schedule.warmup)
@@ -232,7 +231,7 @@ def _check_finite(step, values, last_good):
     if not math.isfinite(loss):
         raise NonFiniteLossError(
             f"Loss is {loss} at step {step}; stopping. The last good checkpoint is step "
-            f"{last_good} in the workdir (lower config.lr, or use compute_dtype='float32').")
+            f"{last_good} in the workdir (lower config.lr, or use precision='float32').")
 
 
 def train_and_evaluate(config, workdir, dataset=None):
@@ -240,7 +239,7 @@ def train_and_evaluate(config, workdir, dataset=None):
     if dataset is None:
         dataset = Dataset(config.data)
     check_config(config)
-    tasks.build(config.model)  # a wrong model config fails before the dataset is opened
+    tasks.build(config.model, config.precision)  # a wrong model fails before the data is read
     setup = Setup(config, dataset.info)
     rundir.check_resumable(config, workdir)
     sched = setup.schedule
