@@ -88,7 +88,7 @@ def parse(command, fv, argv):
         raise UsageError(f"Unexpected argument {args[0]!r}: every input goes in a flag.")
     for name in getattr(command, "REQUIRED", ()):
         if fv[name].value is None:
-            raise UsageError(f"--{name} is required: {fv[name].help}")
+            raise UsageError(f"--{name} is required: {fv[name].help.splitlines()[0].rstrip(';')}")
     return fv, overrides, args
 
 

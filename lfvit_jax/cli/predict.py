@@ -25,7 +25,7 @@ def define_flags(fv):
     jobs.define_flags(fv, "a config whose model is the run's (default: the workdir's "
                       "config.json); with config.init_from, weights without a trained run")
     flags.DEFINE_multi_string("input", None, "image files, folders of images, or .npz files "
-                              "with a normalized float32 'images' array (N, S, S, 3); repeatable",
+                              "with a normalized float32 'images' array (N, S, S, 3)",
                               **d)
     evaluate.define_checkpoint_flags(fv)
     flags.DEFINE_float("threshold", 0.76, "exit after localization when its top softmax "

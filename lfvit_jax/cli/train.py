@@ -14,8 +14,8 @@ REQUIRED = ("config", "workdir")
 
 
 def define_flags(fv):
-    jobs.define_flags(fv, "the config: a packaged one (demo, lfvit_deit_s:res=224,m=5, deit_s, "
-                      "with an optional :argument) or a config file's path")
+    jobs.define_flags(fv, "a packaged config (demo, lfvit_deit_s:res=224,m=5, deit_s, with an "
+                      "optional :argument) or a config file's path")
 
 
 def main(FLAGS, overrides, args):

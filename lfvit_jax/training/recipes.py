@@ -59,7 +59,7 @@ def runlocal(config, given=()):
         config.model.update(gca_blocks=(0, 1))
         if "m" not in given:
             config.model.region_size = 2
-    config.update(batch_size=16, eval_batch_size=100, total_steps=8, log_every_steps=2,
+    config.update(batch_size=16, eval_batch_size=200, total_steps=8, log_every_steps=2,
                   checkpoint_every_steps=4, precision="float32")
     config.eval_every_epochs = config.total_epochs  # once, at the end
     return config

@@ -39,12 +39,13 @@ def check_config(config):
     unknown = sorted(set(config.keys()) - CONFIG_KEYS)
     if unknown:
         raise UsageError(f"Unknown config keys {unknown}; the training loop reads "
-                             f"{sorted(CONFIG_KEYS)}. Fix the spelling in the config file.")
+                         f"{sorted(CONFIG_KEYS)}. Fix the spelling in the config file.")
     if config.precision not in precision.MATMUL_DTYPES:
         raise UsageError(f"config.precision={config.precision!r} is not one of "
-                             f"{sorted(precision.MATMUL_DTYPES)}.")
-    if config.grad_accum < 1:
-        raise UsageError(f"config.grad_accum={config.grad_accum} must be >= 1.")
+                         f"{sorted(precision.MATMUL_DTYPES)}.")
+    for key in ("batch_size", "eval_batch_size", "grad_accum"):
+        if config[key] < 1:
+            raise UsageError(f"config.{key}={config[key]} must be at least 1.")
 
 
 class Schedule:
