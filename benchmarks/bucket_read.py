@@ -5,14 +5,23 @@ same files on local disk, side by side in one run (rounds interleaved).
       [--name cluttered_mnist] [--images 400] [--read_threads 0,16] [--rounds 2]
 
 The bucket may be GCS itself or an emulator (the GCS environment variables point at it; see
-README, "Datasets and runs in a bucket"). Every image is read and decoded to the evaluation view.
+docs/training.md, "Several hosts, pods and buckets"). Every image is read and decoded to the evaluation view.
 Not part of the tests.
 """
-import argparse
 import time
 
-from lfvit_jax.data.pipeline import eval_iterator
+from absl import app, flags
+
 from lfvit_jax.data.defaults import get_config
+from lfvit_jax.data.pipeline import eval_iterator
+
+flags.DEFINE_string("bucket", None, "the data dir in the bucket (gs://...)", required=True)
+flags.DEFINE_string("local", None, "the same data dir on local disk", required=True)
+flags.DEFINE_string("name", "cluttered_mnist", "the prepared dataset")
+flags.DEFINE_integer("images", 400, "images read per measurement")
+flags.DEFINE_list("read_threads", ["0", "16"], "grain read threads to compare")
+flags.DEFINE_integer("rounds", 2, "interleaved rounds (the best is reported)")
+FLAGS = flags.FLAGS
 
 
 def images_per_second(data_dir, name, images, read_threads):
@@ -26,26 +35,18 @@ def images_per_second(data_dir, name, images, read_threads):
     return seen / (time.perf_counter() - start)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--bucket", required=True)
-    parser.add_argument("--local", required=True)
-    parser.add_argument("--name", default="cluttered_mnist")
-    parser.add_argument("--images", type=int, default=400)
-    parser.add_argument("--read_threads", default="0,16")
-    parser.add_argument("--rounds", type=int, default=2)
-    args = parser.parse_args()
+def main(argv):
+    del argv
     rates = {}
-    for _ in range(args.rounds):
-        for threads in map(int, args.read_threads.split(",")):
-            for where, data_dir in (("local", args.local), ("bucket", args.bucket)):
+    for _ in range(FLAGS.rounds):
+        for threads in map(int, FLAGS.read_threads):
+            for where, data_dir in (("local", FLAGS.local), ("bucket", FLAGS.bucket)):
                 rates.setdefault((where, threads), []).append(
-                    images_per_second(data_dir, args.name, args.images, threads))
+                    images_per_second(data_dir, FLAGS.name, FLAGS.images, threads))
     print("| read from | read_threads | images/s (best of rounds) |\n|---|---|---|")
     for (where, threads), values in rates.items():
         print(f"| {where} | {threads} | {max(values):.0f} |")
 
 
 if __name__ == "__main__":
-    main()
+    app.run(main)

@@ -6,17 +6,21 @@ Measures (a) ImageNet-like data: locally generated JPEGs of ImageNet's typical s
 500x375), converted to tfds array_record, read with the full DeiT recipe at 224 px; and
 (b) the embedded cluttered MNIST (64 px canvases composed on the fly). Not part of the tests.
 """
-import argparse
 import io
 import os
 import tempfile
 import time
 
 import numpy as np
+from absl import app, flags
 from PIL import Image
 
-from lfvit_jax.data import defaults, pipeline
-from lfvit_jax.data import convert
+from lfvit_jax.data import convert, defaults, pipeline
+
+flags.DEFINE_list("workers", ["0", "2"], "grain worker counts to compare")
+flags.DEFINE_integer("batches", 16, "batches timed per setting")
+flags.DEFINE_integer("batch", 32, "images per batch")
+FLAGS = flags.FLAGS
 
 
 def _photo_like_jpeg(rng):
@@ -50,26 +54,21 @@ def _rate(cfg, batch, batches):
     return batch * batches / (time.perf_counter() - start)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workers", default="0,2")
-    parser.add_argument("--batches", type=int, default=16)
-    parser.add_argument("--batch", type=int, default=32)
-    args = parser.parse_args()
+def main(argv):
+    del argv
     print(f"CPU cores: {os.cpu_count()}")
     with tempfile.TemporaryDirectory() as tmp:
         _imagenet_like(tmp)
-        for workers in map(int, args.workers.split(",")):
+        for workers in map(int, FLAGS.workers):
             cfg = defaults.imagenet_config()
             cfg.update(name="imagenet_like", num_classes=8, data_dir=tmp, workers=workers)
             print(f"imagenet-like 224px, DeiT augmentation, workers={workers}: "
-                  f"{_rate(cfg, args.batch, args.batches):.0f} images/s")
+                  f"{_rate(cfg, FLAGS.batch, FLAGS.batches):.0f} images/s")
             cfg = defaults.cluttered_mnist_config()
             cfg.update(data_dir=tmp, workers=workers)
             print(f"cluttered_mnist 64px, workers={workers}: "
-                  f"{_rate(cfg, args.batch, args.batches):.0f} images/s")
+                  f"{_rate(cfg, FLAGS.batch, FLAGS.batches):.0f} images/s")
 
 
 if __name__ == "__main__":
-    main()
+    app.run(main)

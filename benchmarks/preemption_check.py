@@ -7,12 +7,18 @@ process shares its own flag at every step), side by side in one run of two proce
 
 Not part of the tests.
 """
-import argparse
 import os
 import socket
 import subprocess
 import sys
 import time
+
+from absl import app, flags
+
+flags.DEFINE_integer("calls", 20000, "sync-point calls timed")
+flags.DEFINE_integer("gathers", 200, "allgathers timed")
+flags.DEFINE_list("worker", None, "internal: ADDRESS,PROCESS_ID of a worker process")
+FLAGS = flags.FLAGS
 
 
 def worker(address, process_id, calls, gathers):
@@ -33,25 +39,20 @@ def worker(address, process_id, calls, gathers):
               "ms/step", flush=True)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--calls", type=int, default=20000)
-    parser.add_argument("--gathers", type=int, default=200)
-    parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)  # address, process id
-    args = parser.parse_args()
-    if args.worker:
-        return worker(args.worker[0], int(args.worker[1]), args.calls, args.gathers)
+def main(argv):
+    del argv
+    if FLAGS.worker:
+        return worker(FLAGS.worker[0], int(FLAGS.worker[1]), FLAGS.calls, FLAGS.gathers)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         address = f"127.0.0.1:{s.getsockname()[1]}"
     env = dict(os.environ, JAX_PLATFORMS="cpu",
                XLA_FLAGS="--xla_force_host_platform_device_count=4")
-    procs = [subprocess.Popen([sys.executable, "-m", "benchmarks.preemption_check", "--calls",
-                               str(args.calls), "--gathers", str(args.gathers), "--worker",
-                               address, str(i)], env=env) for i in range(2)]
+    procs = [subprocess.Popen([sys.executable, "-m", "benchmarks.preemption_check",
+                               f"--calls={FLAGS.calls}", f"--gathers={FLAGS.gathers}",
+                               f"--worker={address},{i}"], env=env) for i in range(2)]
     sys.exit(max(p.wait() for p in procs))
 
 
 if __name__ == "__main__":
-    main()
+    app.run(main)
