@@ -62,7 +62,8 @@ def test_match_baseline(tmp_path):
     assert not (ours / "overlays.png").exists()  # no images given
     base.mkdir()
     target = 0.9 * summary["focus_top1"]
-    (base / reports.RESULT_FILE).write_text(json.dumps({"top1": target, "gflops": 1.0}))
+    (base / reports.RESULT_FILE).write_text(json.dumps({"model": "deit", "top1": target,
+                                                          "gflops": 1.0}))
     out = evaluate.match_baseline(str(ours), str(base))
     assert out["matched"] and out["top1"] >= target
     assert out["flops_ratio"] == pytest.approx(out["gflops"] / 1.0)

@@ -9,6 +9,7 @@ import numpy as np
 from etils import epath
 from jax.experimental import multihost_utils
 
+from lfvit_jax import tasks
 from lfvit_jax.core import parallel
 from lfvit_jax.core.errors import UsageError
 from lfvit_jax.data.pipeline import Dataset
@@ -84,7 +85,7 @@ def evaluate_checkpoint(config, workdir, which="latest", dataset=None, output=No
 def match_baseline(lfvit_dir, baseline_dir, num=1001):
     """The cheapest exit threshold of an LF-ViT run at least as accurate as a baseline run."""
     base, ours = reports.read_result(baseline_dir), reports.read_result(lfvit_dir)
-    if "exit" not in ours or "exit" in base:
+    if (ours.get("model"), base.get("model")) != (tasks.LFViTTask.name, tasks.DeiTTask.name):
         raise ValueError("Give an LF-ViT run as --workdir and a baseline (DeiT) run as "
                          "--baseline.")
     arrays = reports.read_arrays(lfvit_dir)

@@ -7,6 +7,7 @@ import json
 import numpy as np
 from etils import epath
 
+from lfvit_jax import tasks
 from lfvit_jax.evaluation import plotting, reports
 from lfvit_jax.tasks import sweep
 
@@ -101,6 +102,6 @@ def write_all(grid, arrays, summary, images, data_cfg, out_dir, threshold, basel
 def baseline_point(run_dir):
     """(GFLOPs, top-1, label) of a finished baseline (DeiT) run, for the budget curve."""
     result = reports.read_result(run_dir)
-    if "exit" in result:
+    if result.get("model") != tasks.DeiTTask.name:
         raise ValueError(f"--baseline {run_dir} is an LF-ViT run; give a baseline (DeiT) run.")
     return result["gflops"], result["top1"], "baseline ViT"

@@ -89,7 +89,7 @@ class DeiTTask(Task):
 
     def summarize(self, arrays, thresholds):
         mask = arrays["_mask"].astype(bool)
-        return {"examples": int(mask.sum()),
+        return {"model": self.name, "examples": int(mask.sum()),
                 "top1": _masked_mean(arrays["probs"].argmax(-1) == arrays["label"], mask),
                 **self.flops()}
 
@@ -141,7 +141,7 @@ class LFViTTask(Task):
         """Both stages' top-1, the threshold sweep ("exit") and, given boxes, region hits."""
         mask, labels = arrays["_mask"].astype(bool), arrays["label"]
         g = self.flops()
-        out = {"examples": int(mask.sum()),
+        out = {"model": self.name, "examples": int(mask.sum()),
                "loc_top1": _masked_mean(arrays["loc_probs"].argmax(-1) == labels, mask),
                "focus_top1": _masked_mean(arrays["focus_probs"].argmax(-1) == labels, mask)}
         out.update(top1=out["focus_top1"], stage1_gflops=g["stage1_gflops"],
