@@ -36,9 +36,10 @@ class Task:
         self.model = model
 
     def model_config(self):
-        """The model's constructor arguments as a JSON-ready `config.model`."""
+        """The model's constructor arguments as a JSON-ready `config.model` (its precision is the
+        job's, not the model's)."""
         fields = {k: getattr(self.model, k) for k in self.model.__dataclass_fields__
-                  if k not in ("parent", "name")}
+                  if k not in ("parent", "name", "matmul_dtype")}
         return {"name": self.name, **{k: list(v) if isinstance(v, tuple) else v
                                       for k, v in fields.items()}}
 

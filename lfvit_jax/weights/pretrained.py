@@ -90,6 +90,7 @@ def load_converted(path, **overrides):
         raise ValueError(f"{path} is not a converted checkpoint (no {CONFIG_FILE}); write one with "
                          "`python -m lfvit_jax.cli.convert SRC DST`.")
     cfg = json.loads(cfg_file.read_text())
+    cfg.pop("matmul_dtype", None)  # written by earlier versions; the precision is the job's
     cfg.update(overrides)
     task = tasks.build(cfg)
     abstract = jax.eval_shape(task.init_params, jax.random.key(0))
