@@ -32,3 +32,25 @@ def gcs():
             else:
                 os.environ[key] = value
         emulator.stop()
+
+
+@pytest.fixture(scope="session")
+def runlocal_runs(tmp_path_factory):
+    """Finished `demo:runlocal` runs (8 steps, 8 devices) of LF-ViT and of the DeiT baseline,
+    trained once per session; tests that write into a run use `copy_run`."""
+    from lfvit_jax.core.config_args import load_config
+    from lfvit_jax.training import trainer
+    root = tmp_path_factory.mktemp("runlocal")
+    runs = {}
+    for name, arg in (("lfvit", "runlocal"), ("deit", "runlocal,baseline")):
+        config = load_config(f"demo:{arg}")
+        config.data.data_dir = str(root / "data")
+        trainer.train_and_evaluate(config, str(root / name))
+        runs[name] = root / name
+    return runs
+
+
+def copy_run(run, folder):
+    """A copy of a finished run in `folder`, to write into."""
+    import shutil
+    return shutil.copytree(run, folder / run.name)

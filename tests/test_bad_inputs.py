@@ -176,6 +176,7 @@ def test_verbosity_shows_the_traceback(capsys, tmp_path):
 
 # --- A trained run: refused configs and inputs keep everything -----------------------------------
 
+@pytest.mark.slow
 def test_train_with_another_model_keeps_the_run(capsys, run_copy):
     workdir, before = run_copy
     check(run_main(capsys, *demo("runlocal,m=1"), "--workdir", workdir), 2,
@@ -183,6 +184,7 @@ def test_train_with_another_model_keeps_the_run(capsys, run_copy):
     assert fingerprint(workdir) == before
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_model_is_summarised(capsys, run_copy):
     workdir, before = run_copy
     os.remove(workdir / "config.json")  # only the checkpoint can tell
@@ -193,6 +195,7 @@ def test_checkpoint_of_another_model_is_summarised(capsys, run_copy):
     assert fingerprint(workdir) == {k: v for k, v in before.items() if k != "config.json"}
 
 
+@pytest.mark.slow
 def test_eval_with_another_model_is_refused(capsys, run_copy):
     workdir, before = run_copy
     check(run_main(capsys, "--mode=eval", *demo("runlocal,m=1"), "--workdir", workdir), 2,
@@ -200,6 +203,7 @@ def test_eval_with_another_model_is_refused(capsys, run_copy):
     assert fingerprint(workdir) == before
 
 
+@pytest.mark.slow
 def test_eval_of_a_missing_step(capsys, run_copy):
     workdir, before = run_copy
     check(run_main(capsys, "--mode=eval", "--checkpoint=5", "--workdir", workdir), 1,
@@ -207,6 +211,7 @@ def test_eval_of_a_missing_step(capsys, run_copy):
     assert fingerprint(workdir) == before
 
 
+@pytest.mark.slow
 def test_eval_of_an_unknown_split(capsys, run_copy):
     workdir, before = run_copy
     _, err = check(run_main(capsys, "--mode=eval", "--config=configs/demo.py:runlocal",
@@ -216,6 +221,7 @@ def test_eval_of_an_unknown_split(capsys, run_copy):
     assert fingerprint(workdir) == before
 
 
+@pytest.mark.slow
 def test_predict_missing_input(capsys, run_copy):
     workdir, before = run_copy
     check(run_main(capsys, "--mode=predict", "--input=/nonexistent.png", "--workdir", workdir),
@@ -223,6 +229,7 @@ def test_predict_missing_input(capsys, run_copy):
     assert fingerprint(workdir) == before
 
 
+@pytest.mark.slow
 def test_predict_empty_folder(capsys, run_copy, tmp_path):
     workdir, before = run_copy
     (tmp_path / "empty").mkdir()
@@ -231,6 +238,7 @@ def test_predict_empty_folder(capsys, run_copy, tmp_path):
     assert fingerprint(workdir) == before
 
 
+@pytest.mark.slow
 def test_predict_never_overwrites_earlier_predictions(capsys, run_copy, tmp_path):
     workdir, _ = run_copy
     image = tmp_path / "one.png"
@@ -244,6 +252,7 @@ def test_predict_never_overwrites_earlier_predictions(capsys, run_copy, tmp_path
     assert fingerprint(out) == before
 
 
+@pytest.mark.slow
 def test_predict_nothing_readable(capsys, run_copy, tmp_path):
     workdir, _ = run_copy
     (tmp_path / "a.png").write_bytes(b"\x89PNG not really")
@@ -306,12 +315,12 @@ ZOO_OK = ["grey16.png", "flat16.png", "palette.gif", "plain.webp", "plain.tiff",
 
 
 @pytest.fixture(scope="module")
-def zoo_run(trained, tmp_path_factory):
+def zoo_run(runlocal_runs, tmp_path_factory):
     base = tmp_path_factory.mktemp("zoo")
     cfg = _zoo(base / "in")
     npz = sorted(str(p) for p in (base / "in").glob("*.npz"))
     argv = ["main.py", "--mode=predict", f"--input={base / 'in'}", *[f"--input={p}" for p in npz],
-            f"--output={base / 'out'}", "--workdir", str(trained), "--batch_size=8"]
+            f"--output={base / 'out'}", "--workdir", str(runlocal_runs["lfvit"]), "--batch_size=8"]
     code, out, err = quiet_run(argv)
     lines = (base / "out" / "predictions.jsonl").read_text().splitlines()
 
@@ -385,6 +394,7 @@ def test_nonfinite_outputs_are_reported_per_image(tmp_path):
 
 # --- Damaged checkpoints --------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_flipped_bytes_eval_uses_the_previous_step_and_training_resumes_exactly(
         capsys, trained, tmp_path, one_device_env):
     pristine, damaged = tmp_path / "pristine", tmp_path / "damaged"
@@ -438,6 +448,7 @@ def _damage_emptied(step):
 
 @pytest.mark.parametrize("damage", [_damage_truncate, _damage_metadata, _damage_checksums,
                                     _damage_emptied], ids=lambda f: f.__name__[8:])
+@pytest.mark.slow
 def test_damaged_latest_step_predict_uses_the_previous_one(capsys, run_copy, tmp_path, damage):
     workdir, before = run_copy
     damage(workdir / "checkpoints" / "4")
@@ -450,6 +461,7 @@ def test_damaged_latest_step_predict_uses_the_previous_one(capsys, run_copy, tmp
     assert len(err.splitlines()) <= 6, err
 
 
+@pytest.mark.slow
 def test_no_intact_step_is_an_error(capsys, run_copy):
     workdir, _ = run_copy
     for step in ("2", "4"):
@@ -461,6 +473,7 @@ def test_no_intact_step_is_an_error(capsys, run_copy):
     assert fingerprint(workdir) == before  # nothing set aside, nothing written
 
 
+@pytest.mark.slow
 def test_a_named_damaged_step_is_an_error(capsys, run_copy):
     workdir, _ = run_copy
     flip_middle_of_largest(workdir / "checkpoints" / "4")
@@ -487,6 +500,7 @@ SUBPROCESSES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args,code,words", SUBPROCESSES, ids=lambda a: str(a)[:30])
 def test_entry_points_as_processes(args, code, words):
     result = subprocess_run(*args)

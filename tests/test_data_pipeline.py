@@ -223,6 +223,7 @@ def test_compose_places_digit_inside_its_box():
         assert canvas[y0:y1, x0:x1].sum() < canvas.sum()  # there is clutter outside
 
 
+@pytest.mark.slow
 def test_cluttered_mnist_concurrent_first_use(tmp_path):
     """Two processes sharing a data_dir build it at the same time (as a multi-process run
     would); both must end up reading it."""
@@ -285,6 +286,7 @@ def test_to_global_builds_data_parallel_arrays():
     np.testing.assert_array_equal(np.asarray(out["_mask"]), batch["_mask"])
 
 
+@pytest.mark.slow
 def test_grain_workers_batch_the_same_examples_and_resume(mnist_cfg):
     """Each grain worker builds whole batches from every other position, so with 2 workers the
     first two batches hold the same examples as inline, in another order; a restored state
@@ -308,6 +310,7 @@ def test_grain_workers_batch_the_same_examples_and_resume(mnist_cfg):
         np.testing.assert_array_equal(next(resumed)["image"], want)
 
 
+@pytest.mark.slow
 def test_eval_with_grain_workers_matches_inline(mnist_cfg):
     cfg = mnist_cfg.copy_and_resolve_references()
     cfg.workers = 2

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import copy_run
 from lfvit_jax import tasks
 from lfvit_jax.cli import main as cli
 from lfvit_jax.core import config_args
@@ -107,8 +108,10 @@ def readme_commands():
 
 
 @pytest.mark.slow
-def test_readme_commands_run(tmp_path):
+def test_readme_commands_run(tmp_path, runlocal_runs):
     commands = readme_commands()
+    # The main job's run, finished: its command then resumes at the end and evaluates.
+    copy_run(runlocal_runs["lfvit"], tmp_path / "workdirs").rename(tmp_path / "workdirs" / "demo")
     assert commands[:3] == ["pip install -r requirements.txt",
                             "lfvit train --config demo --workdir workdirs/demo",
                             "python -m pytest -q tests"]

@@ -7,22 +7,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import copy_run
 from lfvit_jax.evaluation import evaluate
 from lfvit_jax.inference import predict
-from lfvit_jax.training import trainer
-from lfvit_jax.core.config_args import load_config
+from lfvit_jax.io import rundir
 from processes import ROOT, finish, launch
+
+pytestmark = pytest.mark.slow  # processes on localhost
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """A finished runlocal LF-ViT run (8 steps), trained here with 8 devices."""
-    root = tmp_path_factory.mktemp("mp")
-    config = load_config("demo.py:runlocal")
-    config.data.data_dir = str(root / "data")
-    config.eval_batch_size = 200  # 100 per process, 25 per device
-    trainer.train_and_evaluate(config, str(root / "run"))
-    return root / "run", config
+def run(runlocal_runs, tmp_path_factory):
+    """A copy of the session's finished runlocal LF-ViT run (8 devices), and its config."""
+    workdir = copy_run(runlocal_runs["lfvit"], tmp_path_factory.mktemp("mp"))
+    return workdir, rundir.read_config(workdir)
 
 
 def two_processes(args):

@@ -18,6 +18,8 @@ from lfvit_jax.io import storage
 from lfvit_jax.data.defaults import cluttered_mnist_config
 from lfvit_jax.data.pipeline import eval_iterator
 
+pytestmark = pytest.mark.slow  # a GCS emulator and training processes
+
 TESTS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(TESTS)
 

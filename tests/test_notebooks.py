@@ -6,6 +6,7 @@ trade-off notebooks share one demo workdir, as users' runs do. The full setting 
 """
 import glob
 import os
+import shutil
 
 import nbformat
 import pytest
@@ -37,10 +38,14 @@ def test_committed_notebooks_are_what_the_generator_writes(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def demo_workdir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("notebooks") / "demo")
+def demo_workdir(runlocal_runs, tmp_path_factory):
+    """The shared demo workdir of the fast setting: a copy of the session's runlocal run."""
+    root = tmp_path_factory.mktemp("notebooks")
+    shutil.copytree(runlocal_runs["lfvit"], root / "demo_fast")  # demo.workdir(fast=True)
+    return str(root / "demo")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
 def test_notebook_runs(path, demo_workdir, monkeypatch):
     monkeypatch.setenv("LFVIT_NOTEBOOK_FAST", "1")

@@ -12,13 +12,12 @@ from PIL import Image
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import main  # noqa: E402  (the repository's entry point)
 
-from lfvit_jax import load_pretrained
-from lfvit_jax.weights import pretrained
-from lfvit_jax.training import trainer  # noqa: E402
-from lfvit_jax.core.config_args import load_config  # noqa: E402
-from lfvit_jax.data.defaults import imagenet_config  # noqa: E402
+from conftest import copy_run  # noqa: E402
+from lfvit_jax import load_pretrained  # noqa: E402
 from lfvit_jax.data import pipeline  # noqa: E402
+from lfvit_jax.data.defaults import imagenet_config  # noqa: E402
 from lfvit_jax.inference.inputs import preprocess  # noqa: E402
+from lfvit_jax.weights import pretrained  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # Weights written by the official implementation (tests/testdata): width 48, 12 blocks, 3 heads,
@@ -100,17 +99,10 @@ def test_predict_from_weights_alone(tmp_path, no_dataset, jpegs, source):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A finished runlocal run of LF-ViT and of the DeiT baseline (8 steps each)."""
+def trained(runlocal_runs, tmp_path_factory):
+    """Copies of the session's finished runlocal runs of LF-ViT and of the DeiT baseline."""
     root = tmp_path_factory.mktemp("runs")
-    runs = {}
-    for name, arg in (("lfvit", "runlocal"), ("deit", "runlocal,baseline=true")):
-        config = load_config(f"demo.py:{arg}")
-        config.data.data_dir = str(root / "data")
-        config.eval_batch_size = 200  # a multiple of conftest's 8 devices
-        trainer.train_and_evaluate(config, str(root / name))
-        runs[name] = root / name
-    return runs
+    return {name: copy_run(run, root) for name, run in runlocal_runs.items()}
 
 
 def snapshot(folder):

@@ -5,11 +5,14 @@ import signal
 
 import jax
 import numpy as np
+import pytest
 import orbax.checkpoint as ocp
 
 from lfvit_jax.data.defaults import cluttered_mnist_config
 from lfvit_jax.data import pipeline
 from processes import ROOT, TESTS, finish, launch
+
+pytestmark = pytest.mark.slow  # processes on localhost
 
 
 def run(workdir, data_dir, script):

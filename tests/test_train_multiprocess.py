@@ -5,10 +5,13 @@ import os
 
 import jax
 import numpy as np
+import pytest
 
 import train_fakes
 import train_multiprocess_worker
 from processes import TESTS, finish, launch
+
+pytestmark = pytest.mark.slow  # processes on localhost
 
 
 def test_two_processes_match_one_process():

@@ -55,6 +55,7 @@ def wait_for_checkpoint(proc, workdir, step, timeout=300):
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_is_bit_identical(tmp_path, env):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     rc, out = finish(launch(straight, env))
@@ -76,6 +77,7 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, env):
         np.testing.assert_array_equal(flat_a[key], flat_b[key], err_msg=str(key))
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, env):
     rc, out = finish(launch(tmp_path, env, nan_from=5))
     assert rc != 0
@@ -94,6 +96,7 @@ def test_workdir_of_another_model_is_refused(tmp_path):
         trainer.train_and_evaluate(other, str(tmp_path), train_fakes.Dataset(other.data))
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, env):
     proc = launch(tmp_path, env, delay=0.5)
     wait_for_checkpoint(proc, tmp_path, 2)
