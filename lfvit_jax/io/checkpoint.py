@@ -6,8 +6,9 @@ parameters} of the best focus-stage top-1 so far (picked on the evaluation split
 is grain's per-process iterator state, so a resumed run continues the exact example stream.
 
 `checksums` holds two sums of every saved array's contents (`lfvit_jax.integrity`, one read of
-the data), computed where the arrays live at save and compared after every restore: a step that
-fails to restore or to match is corrupt. `newest_intact` then warns and goes back to the step
+the data), computed where the arrays live at save; every restore compares the arrays it read (all
+of them to resume training, the parameters alone to evaluate or predict) with their sums: a step
+that fails to restore or to match is corrupt. `newest_intact` then warns and goes back to the step
 before; a step whose arrays have other shapes than the model's is an error of the config instead,
 and never skipped. Paths go through `storage.path` (local made absolute, as orbax needs; gs://
 kept).
@@ -15,9 +16,7 @@ kept).
 import logging
 import os
 
-import grain
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from orbax.checkpoint.checkpoint_managers import preservation_policy
@@ -73,6 +72,7 @@ def save(mngr, step, state, data_iter=None, metrics=None, force=False):
     items = {"state": ocp.args.StandardSave(state),
              CHECKSUMS: ocp.args.JsonSave(integrity.checksums(state))}
     if data_iter is not None:
+        import grain  # only training saves its data iterator: eval and predict skip the import
         items["data"] = grain.checkpoint.CheckpointSave(data_iter)
     return mngr.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=force)
 
@@ -130,6 +130,7 @@ def restore(mngr, step, abstract_state, data_iter=None):
     directory = os.fspath(mngr.directory)
     items = {"state": ocp.args.StandardRestore(abstract_state)}
     if data_iter is not None:
+        import grain
         items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
     try:
         return _restore_verified(mngr, step, items, directory)["state"]
@@ -143,21 +144,19 @@ def restore(mngr, step, abstract_state, data_iter=None):
 
 def restore_params(directory, step, target, keys=("ema", "params")):
     """Restores only the parameters of a saved state: the first of `keys` it holds (so the EMA
-    parameters when the run kept them), into `target` (abstract arrays with shardings). The rest
-    of the state is read too, to the host, so that the whole step is verified against its
-    checksums. Returns (params, key). Shapes are checked first: a mismatch names the differing
-    paths."""
+    parameters when the run kept them), into `target` (abstract arrays with shardings), verified
+    against their own checksums. Nothing else of the step is read (the optimizer state holds about
+    twice the parameters' bytes). Returns (params, key). Shapes are checked first: a mismatch
+    names the differing paths."""
     saved = saved_tree(directory, step)
     key = next((k for k in keys if k in saved), None)
     if key is None:
         raise CorruptCheckpointError(f"{directory}/{step} holds no parameters (no "
                                      f"{' or '.join(keys)}).")
     check_shapes(saved[key], target, f"{directory}/{step}")
-    rest = {k: v for k, v in saved.items() if k != key}
     restore_args = {key: jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding),
-                                      target),
-                    **jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), rest)}
-    args = ocp.args.PyTreeRestore(item={key: target, **rest}, restore_args=restore_args,
+                                      target)}
+    args = ocp.args.PyTreeRestore(item={key: target}, restore_args=restore_args,
                                   partial_restore=True)
     with reader(directory) as mngr:
         restored = _restore_verified(mngr, step, {"state": args}, os.fspath(directory))
