@@ -1,6 +1,7 @@
 """A run that lives in a bucket (a GCS emulator on 127.0.0.1): the dataset prepared into it,
 training into it, SIGKILL and an exact resume from it, eval and predict reading the run from it
-and writing there, and nothing written to local disk under a `gs:` folder."""
+and writing there, and nothing written to local disk under a `gs:` folder. A bucket that cannot
+be used is reported in one line, fast."""
 import io
 import json
 import os
@@ -14,6 +15,7 @@ import orbax.checkpoint as ocp
 import pytest
 from PIL import Image
 
+from processes import free_port
 from lfvit_jax.io import storage
 from lfvit_jax.data.defaults import cluttered_mnist_config
 from lfvit_jax.data.pipeline import eval_iterator
@@ -128,3 +130,40 @@ def test_copy_a_prepared_dataset_to_local_disk(data, env, tmp_path):
         batches[where] = next(eval_iterator(cfg, 100, process_index=0, process_count=1))
     for key in batches[data]:
         np.testing.assert_array_equal(batches[data][key], batches[str(local)][key])
+
+
+def check_in_a_fresh_process(url, **env):
+    """`storage.check_reachable(url)` in a new process (as a job's first step), the environment
+    cleared of credentials and emulators and then given `env`: (seconds, what it printed)."""
+    clean = {k: v for k, v in os.environ.items()
+             if k not in storage.EMULATOR_VARIABLES + ("GOOGLE_APPLICATION_CREDENTIALS",)}
+    code = ("from lfvit_jax.io import storage\ntry:\n    storage.check_reachable("
+            f"{url!r}, 'local/folder', None)\nexcept ValueError as e:\n    print(f'Error: {{e}}')")
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                         env=dict(clean, PYTHONPATH=ROOT, **env), timeout=60)
+    return time.perf_counter() - start, out.stdout + out.stderr
+
+
+def test_a_bucket_without_credentials_fails_fast_in_one_line(tmp_path):
+    seconds, out = check_in_a_fresh_process("gs://some-bucket/run", HOME=str(tmp_path),
+                                            CLOUDSDK_CONFIG=str(tmp_path / "gcloud"))
+    assert seconds < 10 and len(out.splitlines()) == 1, out
+    assert out.startswith("Error: gs://some-bucket/run: no Google Cloud credentials found; set "
+                          "GOOGLE_APPLICATION_CREDENTIALS"), out
+    assert "STORAGE_EMULATOR_HOST, TENSORSTORE_GCS_HTTP_URL" in out
+
+
+def test_an_unreachable_emulator_fails_fast_in_one_line():
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    seconds, out = check_in_a_fresh_process("gs://b/x", STORAGE_EMULATOR_HOST=url)
+    assert seconds < 10 and out == (f"Error: gs://b/x: cannot reach the emulator at "
+                                    f"STORAGE_EMULATOR_HOST={url} (ConnectionError); check that "
+                                    "the emulator runs.\n"), out
+
+
+def test_a_reachable_bucket_passes_and_a_missing_one_is_named(gcs):
+    storage.check_reachable(f"gs://{gcs.bucket}/anything/below", "/local/path")
+    with pytest.raises(ValueError, match="gs://no-such-bucket/x: there is no bucket "
+                                         "no-such-bucket; create it or fix the name"):
+        storage.check_reachable(f"gs://{gcs.bucket}/run", "gs://no-such-bucket/x")
