@@ -1,5 +1,6 @@
 """Checkpoint loading (official LF-ViT, timm DeiT, .pth/.npz, converted orbax) and its errors."""
 import argparse
+import collections
 import logging
 import os
 
@@ -7,7 +8,9 @@ import jax
 import numpy as np
 import pytest
 
-from lfvit_jax.weights import pretrained
+from lfvit_jax.core.config_args import load_config
+from lfvit_jax.tasks import kinds
+from lfvit_jax.weights import loading, pretrained
 from lfvit_jax.io.state_dict import resample_pos_embed
 from lfvit_jax.weights.pretrained import load_pretrained
 
@@ -154,3 +157,25 @@ def test_pth_files(tmp_path, state_dict):
         jax.tree_util.tree_map(np.testing.assert_array_equal, variables, ref)
     with pytest.raises(ValueError, match="allow_pickle=True"):
         load_pretrained(official, num_heads=3)
+
+
+def test_loading_weights_compiles_nothing_and_traces_the_model_once(tmp_path):
+    """Predict's cold start: the parameters' shapes come from one trace of init (shared by the
+    config's model and the file's), and the arrays go to the devices without compilations."""
+    config = load_config("lfvit_deit_s.py:res=224,m=4")
+    with config.unlocked():
+        config.model.update(width=48, num_heads=3, mlp_dim=192, num_classes=10)
+        config.init_from = WEIGHTS
+    events = collections.Counter()
+
+    def listen(event, seconds, **kwargs):
+        events[event] += 1
+    kinds._abstract_params.cache_clear()
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        loaded = loading.load(config, str(tmp_path / "no_run"))
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    assert dict(events) == {"/jax/core/compile/jaxpr_trace_duration": 1}
+    with np.load(WEIGHTS) as f:
+        np.testing.assert_array_equal(loaded.params["head"]["kernel"], f["head.weight"].T)

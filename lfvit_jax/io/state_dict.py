@@ -9,7 +9,6 @@ import os
 import zipfile
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
@@ -110,7 +109,7 @@ def deit_into_lfvit(sd, h1):
 
 
 def assign(sd, abstract_params, fresh_params=None, allow_missing=()):
-    """Fills a Flax parameter tree from a state_dict strictly (a ValueError lists missing,
+    """Fills a Flax parameter tree (of numpy arrays) from a state_dict strictly (a ValueError lists missing,
     unexpected and mis-shaped keys); missing paths under `allow_missing` take `fresh_params`."""
     flat_target = traverse_util.flatten_dict(abstract_params, sep="/")
     flat_fresh = traverse_util.flatten_dict(fresh_params or {}, sep="/")
@@ -137,4 +136,4 @@ def assign(sd, abstract_params, fresh_params=None, allow_missing=()):
                          "use a checkpoint of this architecture.")
     for key in fresh:
         out[key] = np.asarray(flat_fresh[key])
-    return traverse_util.unflatten_dict({k: jnp.asarray(v) for k, v in out.items()}, sep="/")
+    return traverse_util.unflatten_dict(out, sep="/")  # numpy: no device copy, no compilation

@@ -46,7 +46,7 @@ def _restore(directory, steps, which, target):
 def load(config, workdir=None, which="latest", mesh=None):
     """A `Loaded` task with its parameters; `which` is 'latest', 'best' or a step number."""
     task = tasks.build(config.model, config.get("precision", "float32"))
-    shapes = jax.eval_shape(task.init_params, jax.random.key(0))
+    shapes = task.abstract_params()
     target = checkpoint.abstract_with_shardings(shapes, parallel.state_shardings(
         shapes, mesh or parallel.make_mesh(), config.get("param_sharding", "replicated")))
     folder = checkpoint.BEST_DIR if which == "best" else checkpoint.CHECKPOINTS_DIR

@@ -67,8 +67,7 @@ def load_pretrained(path, allow_pickle=False, **overrides):
     task = tasks.build(cfg)
     sd, fresh_prefixes = task.adapt_state_dict(sd)
     fresh = jax.jit(task.init_params)(jax.random.key(0)) if fresh_prefixes else None
-    abstract = fresh or jax.eval_shape(task.init_params, jax.random.key(0))
-    return task.model, {"params": assign(sd, abstract, fresh, fresh_prefixes)}
+    return task.model, {"params": assign(sd, task.abstract_params(), fresh, fresh_prefixes)}
 
 
 def save_converted(path, model, variables):
@@ -93,9 +92,11 @@ def load_converted(path, **overrides):
     cfg.pop("matmul_dtype", None)  # written by earlier versions; the precision is the job's
     cfg.update(overrides)
     task = tasks.build(cfg)
-    abstract = jax.eval_shape(task.init_params, jax.random.key(0))
+    # On one device: a target with a sharding is also what makes orbax check the shapes.
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(lambda x: x.update(sharding=device), task.abstract_params())
     try:
-        params = ocp.StandardCheckpointer().restore(path / PARAMS_DIR, abstract)
+        params = ocp.StandardCheckpointer().restore(path / PARAMS_DIR, target)
     except Exception as e:  # orbax reports shape/structure problems with several exception types
         raise ValueError(f"Could not restore {path} into the model built from its config with "
                          f"overrides {overrides}: {e}") from e
