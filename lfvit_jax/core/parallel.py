@@ -1,6 +1,7 @@
 """Devices, mesh and shardings: a 1-D 'data' mesh over every device of every process. Batches
 are split over 'data'; parameters and optimizer state are replicated, or with `param_sharding=
 'fsdp'` split along their largest divisible dimension (XLA inserts the collectives under jit).
+Also JAX's persistent compilation cache.
 """
 import json
 import os
@@ -31,6 +32,22 @@ def maybe_initialize_distributed(auto=False, coordinator_address=None, num_proce
         jax.distributed.initialize()
         return True
     return False
+
+
+def enable_compilation_cache(spec=None):
+    """JAX's persistent compilation cache, so that a second run loads its executables instead of
+    compiling them again. `spec`: 'none' (off), a folder (local or gs://), or None for
+    $JAX_COMPILATION_CACHE_DIR, else $XDG_CACHE_HOME/lfvit_jax/jax (~/.cache/lfvit_jax/jax).
+    Returns the folder, or None when off."""
+    if spec == "none":
+        jax.config.update("jax_enable_compilation_cache", False)
+        return None
+    folder = spec or os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "lfvit_jax", "jax")
+    jax.config.update("jax_compilation_cache_dir", folder)
+    # Every executable: prediction's smaller ones (a second or less each) add up too.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    return folder
 
 
 def make_mesh():
