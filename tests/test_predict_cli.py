@@ -16,6 +16,7 @@ from conftest import copy_run  # noqa: E402
 from lfvit_jax import load_pretrained  # noqa: E402
 from lfvit_jax.data import pipeline  # noqa: E402
 from lfvit_jax.data.defaults import imagenet_config  # noqa: E402
+from lfvit_jax.inference import predict  # noqa: E402
 from lfvit_jax.inference.inputs import preprocess  # noqa: E402
 from lfvit_jax.weights import pretrained  # noqa: E402
 
@@ -111,6 +112,7 @@ def snapshot(folder):
 
 @pytest.mark.parametrize("kind", ["lfvit", "deit"])
 def test_predict_from_a_trained_run(tmp_path, trained, no_dataset, kind, capsys):
+    """The command line on a run's own config and weights: a line per image, then the summary."""
     run = trained[kind]
     folder = tmp_path / "imgs"
     folder.mkdir()
@@ -123,8 +125,16 @@ def test_predict_from_a_trained_run(tmp_path, trained, no_dataset, kind, capsys)
     out = run / "predictions_1"
     rows = read_rows(out)
     assert len(rows) == 3 and all(r["class_name"] == str(r["class"]) for r in rows)
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == f"Predicting with {run}/checkpoints/8 (params) into {out}"
+    assert printed[1:4] == [predict.console_line(r) for r in rows]  # a line per image
+    assert printed[4].startswith("Predicted 3 of 3 images in 1 file (0 skipped; ")
     if kind == "deit":  # one pass decides every image: no stages, no regions
         assert all(set(r) == {"file", "class", "class_name", "confidence"} for r in rows)
+        assert not any("stage" in line or "exited" in line for line in printed[:5])
+    else:
+        assert all(r["stage"] in (1, 2) and len(r["region_box"]) == 4 for r in rows)
+        assert "exited after localization" in printed[4]
     # A second run gets a fresh folder; an existing --output is refused unless --overwrite.
     assert run_main(["--mode=predict", f"--workdir={run}", f"--input={folder}",
                      "--batch_size=8"]) == 0

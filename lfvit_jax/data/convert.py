@@ -18,8 +18,9 @@ from array_record.python import array_record_module
 from PIL import Image
 from tqdm import tqdm
 
+from lfvit_jax.data import defaults
+
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-IMAGENET_LABELS = "datasets/imagenet2012/labels.txt"
 IMAGENET_VAL_LABELS = "datasets/imagenet2012/validation_labels.txt"
 IMAGENET_VERSION = "5.1.0"  # the version tfds's registered imagenet2012 builder reads
 
@@ -203,8 +204,7 @@ def _read_class_tar(path, offset, size, label):
 
 def imagenet_splits(manual_dir, examples_per_shard=1024):
     """(splits, class_names) of ILSVRC2012_img_{train,val}.tar, labelled as tfds's imagenet2012."""
-    with open(tfds.core.tfds_path(IMAGENET_LABELS)) as f:
-        class_names = f.read().split()
+    class_names = defaults.imagenet_classes()[0]
     train = os.path.join(manual_dir, "ILSVRC2012_img_train.tar")
     val = os.path.join(manual_dir, "ILSVRC2012_img_val.tar")
     out = {}

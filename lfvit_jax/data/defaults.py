@@ -1,4 +1,7 @@
-"""Default data configs: the embedded cluttered MNIST, and ImageNet with DeiT's recipe."""
+"""Default data configs: the embedded cluttered MNIST, and ImageNet with DeiT's recipe; the class
+names of both, known without opening a dataset."""
+import pathlib
+
 import ml_collections
 
 from lfvit_jax.data import augment
@@ -55,3 +58,21 @@ def get_config(name):
     if name != "imagenet2012":
         cfg.name, cfg.num_classes = name, 0  # 0: taken from the dataset's label feature
     return cfg
+
+
+def imagenet_classes():
+    """(WordNet ids, names) of ImageNet's 1000 classes in label order, from the packaged
+    imagenet_classes.txt (its header says where the names come from)."""
+    text = pathlib.Path(__file__).with_name("imagenet_classes.txt").read_text()
+    rows = [line.split("\t") for line in text.splitlines() if not line.startswith("#")]
+    return [wnid for wnid, _ in rows], [name for _, name in rows]
+
+
+def class_names(data_cfg):
+    """(names, WordNet ids or None) of the dataset's classes, or (None, None) when unknown."""
+    if data_cfg.name == "imagenet2012":
+        wnids, names = imagenet_classes()
+        return names, wnids
+    if data_cfg.name == "cluttered_mnist":
+        return [str(digit) for digit in range(10)], None
+    return None, None

@@ -23,7 +23,6 @@ from PIL import Image
 
 from lfvit_jax.core.errors import UsageError
 from lfvit_jax.data import augment, cluttered_mnist, randaugment
-from lfvit_jax.data.convert import IMAGENET_LABELS
 from lfvit_jax.io import storage
 
 _PREPARE = "lfvit prepare"
@@ -432,12 +431,3 @@ class Dataset:
 
     def eval_iterator(self, global_batch_size):
         return eval_iterator(self.cfg, global_batch_size)
-
-
-def class_names(data_cfg):
-    """Class names known without opening the dataset (ImageNet, cluttered MNIST), else None."""
-    if data_cfg.name == "imagenet2012":
-        return tfds.core.tfds_path(IMAGENET_LABELS).read_text().split()
-    if data_cfg.name == "cluttered_mnist":
-        return list(cluttered_mnist.CLASS_NAMES)
-    return None

@@ -7,6 +7,7 @@ import io
 import math
 import os
 import zipfile
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -20,24 +21,33 @@ MAX_PIXELS = 64_000_000  # 8000 x 8000: 192 MB decoded
 MAX_RESIZED_PIXELS = 4_000_000
 
 
+class Inputs(NamedTuple):
+    files: list  # image files and .npz files to read, in order
+    ignored: list  # files inside the given folders that are not images (named to the user)
+
+
 def list_inputs(paths):
-    """Expands folders (recursively, sorted) into image files; keeps files and .npz as given."""
-    out = []
+    """Expands folders (recursively, sorted) into their image files; keeps files and .npz as
+    given. Already an `Inputs`: returned as it is."""
+    if isinstance(paths, Inputs):
+        return paths
+    files, ignored = [], []
     for path in paths:
         path = os.fspath(path)
         folder = storage.path(path)
         if folder.is_dir():
             # Sorted by path below the folder, named as given (a relative path stays relative).
-            found = [f"{path.rstrip('/')}/{f}" for f in storage.files(folder)
-                     if f.lower().endswith(IMAGE_EXTENSIONS)]
-            if not found:
+            before = len(files)
+            for f in storage.files(folder):
+                image = f.lower().endswith(IMAGE_EXTENSIONS)
+                (files if image else ignored).append(f"{path.rstrip('/')}/{f}")
+            if len(files) == before:
                 raise ValueError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) under {path}.")
-            out += found
         elif folder.exists():
-            out.append(path)
+            files.append(path)
         else:
             raise ValueError(f"Input {path} does not exist.")
-    return out
+    return Inputs(files, ignored)
 
 
 def item_name(path, index):

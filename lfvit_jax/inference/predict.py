@@ -1,29 +1,37 @@
 """Batch prediction with early exit over image files, folders of them, or .npz arrays of images,
 into `predictions.jsonl` (one strict-JSON line per image), `predictions.npz` and optional region
-overlays (formats: README.md, "Predict"). Unreadable files are reported and skipped; images whose
-outputs are not finite get an "error" instead of a class.
+overlays (formats: README.md, "Predict"), with one console line per image. Unreadable files are
+reported and skipped; images whose outputs are not finite get an "error" instead of a class. The
+output folders are made and proven writable before any compute, and removed if the run fails.
 """
 import collections
+import contextlib
 import io
 import itertools
 import json
 import logging
 import os
+import sys
 import time
 
 import jax
 import numpy as np
-from etils import epath
+from tqdm import tqdm
 
 from lfvit_jax import tasks
 from lfvit_jax.core import parallel
-from lfvit_jax.evaluation import plotting, reports
+from lfvit_jax.data.defaults import class_names
 from lfvit_jax.inference import predictors
 from lfvit_jax.inference.inputs import item_name, list_inputs, read_items
 from lfvit_jax.io import rundir
 from lfvit_jax.weights import loading
 
 SAVE_LOGITS = ("final", "all")
+# Where JAX reports the time it spends making executables (the last one includes reading them
+# from the persistent compilation cache, and counts them).
+COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
+                  "/jax/core/compile/jaxpr_to_mlir_module_duration",
+                  "/jax/core/compile/backend_compile_duration")
 log = logging.getLogger(__name__)
 
 
@@ -37,6 +45,8 @@ def overlay_name(index, name):
 
 
 def save_overlay(path, image, record, grid, data_cfg):
+    # Imported here: matplotlib costs about a second, and only overlays need it.
+    from lfvit_jax.evaluation import plotting, reports
     fig = plotting.new_figure(3, 3.3)
     title = (f"class {record['class']} ({record['confidence']:.2f}), stage {record['stage']}\n"
              f"localization {record['loc_class']} ({record['loc_confidence']:.2f})")
@@ -47,29 +57,56 @@ def save_overlay(path, image, record, grid, data_cfg):
     reports.save_figure(fig, path)
 
 
-def _record(task, name, out, k, class_names):
+def _record(task, name, out, k, names, wnids):
     """One image's line of predictions.jsonl: the task's fields, or an error."""
     finite = all(np.isfinite(v[k]).all() for key, v in out.items() if key.endswith("logits"))
     if not finite:
         return {"file": name, "class": None, "error": "the model's outputs are not finite (NaN "
                 "or inf): check that the input is a normalized image and the weights are intact"}
     record = {"file": name, **task.record(out, k)}
-    if class_names is not None:
-        record["class_name"] = class_names[record["class"]]
+    if names is not None:
+        record["class_name"] = names[record["class"]]
+    if wnids is not None:
+        record["wnid"] = wnids[record["class"]]
     return record
+
+
+def console_line(record):
+    """An image's prediction as the console shows it: file, class, confidence, deciding stage."""
+    if "error" in record:
+        return f"{record['file']}  error: {record['error']}"
+    label = record.get("class_name", f"class {record['class']}").split(",")[0]
+    label += f" ({record['wnid']})" if "wnid" in record else ""
+    stage = f"  stage {record['stage']}" if "stage" in record else ""
+    return f"{record['file']}  {label}  {record['confidence']:.3f}{stage}"
+
+
+@contextlib.contextmanager
+def compile_clock():
+    """{'seconds', 'compilations'} that JAX spends making executables inside the block."""
+    spent = {"seconds": 0.0, "compilations": 0}
+
+    def listen(event, seconds, **kwargs):
+        if event in COMPILE_EVENTS:
+            spent["seconds"] += seconds
+            spent["compilations"] += event == COMPILE_EVENTS[-1]
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        yield spent
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
 
 
 def predict(model, variables, inputs, data_cfg, out_dir, threshold, batch_size=32,
             sharding=None, progress=True, overlays_dir=None, save_logits="final",
-            class_names=None):
-    """Classifies `inputs` into `out_dir` and returns a summary. With P processes (the same call
-    in each), process p reads the blocks p, p + P, ... of batch_size / P files, so a global batch
-    holds the same images as in one process; process 0 writes the gathered outputs in order."""
-    from tqdm import tqdm
-
+            class_names=None, wnids=None, quiet=True, overwrite=False):
+    """Classifies `inputs` (paths, or `list_inputs`'s result) into `out_dir` and returns a
+    summary; unless `quiet`, prints a line per image. With P processes (the same call in each),
+    process p reads the blocks p, p + P, ... of batch_size / P files, so a global batch holds the
+    same images as in one process; process 0 writes the gathered outputs in order."""
     if save_logits not in SAVE_LOGITS:
         raise ValueError(f"save_logits={save_logits!r} is not one of {SAVE_LOGITS}.")
-    processes = jax.process_count()
+    processes, first = jax.process_count(), jax.process_index() == 0
     if overlays_dir and processes > 1:
         raise ValueError("Overlays are written by one process: run predict with "
                          "--save_overlays in a single process.")
@@ -77,23 +114,49 @@ def predict(model, variables, inputs, data_cfg, out_dir, threshold, batch_size=3
         raise ValueError(f"Batch size {batch_size} must be a multiple of the {processes} "
                          "processes.")
     task = tasks.for_model(model)
-    files = list_inputs(inputs)
-    predictor = predictors.for_task(task, variables, batch_size, sharding)
+    files, ignored = list_inputs(inputs)
+    if ignored and first:
+        log.warning("Ignored %d files in the input folders that are not images (.npz files are "
+                    "read when given by name): %s", len(ignored), ", ".join(ignored))
+    devices = 1 if sharding is None else sharding.mesh.size
+    if not any(f.endswith(".npz") for f in files):  # a few images: no batch of padding
+        batch_size = min(batch_size, -(-len(files) // devices) * devices)
+    with contextlib.ExitStack() as folders:
+        out_dir = folders.enter_context(rundir.output_folder(out_dir, overwrite))
+        if overlays_dir:
+            overlays_dir = folders.enter_context(rundir.output_folder(overlays_dir, overwrite))
+        predictor = predictors.for_task(task, variables, batch_size, sharding)
+        summary, records, arrays = _run(task, predictor, files, data_cfg, threshold, batch_size,
+                                        progress and first, overlays_dir, save_logits,
+                                        class_names, wnids, quiet or not first)
+        if first:
+            _write(out_dir, records, arrays)
+    summary.update(files=len(files), out_dir=os.fspath(out_dir), threshold=threshold)
+    if ignored:
+        summary["ignored_files"] = ignored
     if overlays_dir:
-        epath.Path(overlays_dir).mkdir(parents=True, exist_ok=True)
-    size, grid, share = model.img_size, task.grid, batch_size // processes
+        summary["overlays_dir"] = os.fspath(overlays_dir)
+    return summary
+
+
+def _run(task, predictor, files, data_cfg, threshold, batch_size, progress, overlays_dir,
+         save_logits, names, wnids, quiet):
+    """(summary, records, arrays) of every input, in the inputs' order."""
+    processes, size, grid = jax.process_count(), task.model.img_size, task.grid
+    share = batch_size // processes
     mine = [i for i in range(len(files)) if (i // share) % processes == jax.process_index()]
     records, keys, skipped = [], [], []  # keys: (file index, item index) per record
     in_flight = collections.deque()  # per queued batch: its global keys, this process's images
     arrays = collections.defaultdict(list)
-    start = time.perf_counter()
 
     def items(bar):
         """(key, image) of this process's readable inputs."""
         for i in mine:
             for j, (name, img, error) in enumerate(read_items([files[i]], data_cfg, size)):
-                bar.update(1)
+                if j:  # an .npz holds more than one image: the bar's total grows
+                    bar.total += 1
                 if error:
+                    bar.update(1)
                     log.warning("Skipping %s: %s", name, error)
                     skipped.append([i, j, {"file": name, "error": error}])
                 else:
@@ -122,21 +185,26 @@ def predict(model, variables, inputs, data_cfg, out_dir, threshold, batch_size=3
         return ({k: parallel.host_array(v) for k, v in predictor.masked(x, threshold).items()}
                 for x in batches)
 
-    with tqdm(unit="img", disable=not progress, desc="predict") as bar:
+    start = time.perf_counter()
+    with compile_clock() as compiling, tqdm(total=len(files), unit="img", desc="predict",
+                                            disable=not progress) as bar:
         for out in outputs(batches(bar)):
             global_keys, images = in_flight.popleft()
             for k, (i, j) in enumerate(global_keys):
                 if i < 0:
                     continue
                 name = item_name(files[i], j)
-                records.append(_record(task, name, out, k, class_names))
+                records.append(_record(task, name, out, k, names, wnids))
                 keys.append((i, j))
                 for key in ("logits", "loc_logits", "focus_logits", "exited", "region"):
                     if key in out:
                         arrays[key].append(out[key][k])
                 if overlays_dir and grid is not None and "error" not in records[-1]:
-                    save_overlay(epath.Path(overlays_dir) / overlay_name(len(records) - 1, name),
+                    save_overlay(overlays_dir / overlay_name(len(records) - 1, name),
                                  images[k], records[-1], grid, data_cfg)
+                if not quiet:
+                    bar.write(console_line(records[-1]), file=sys.stdout)
+                bar.update(1)
     seconds = time.perf_counter() - start
     order = sorted(range(len(keys)), key=keys.__getitem__)  # the inputs' order
     records = [records[n] for n in order]
@@ -144,25 +212,47 @@ def predict(model, variables, inputs, data_cfg, out_dir, threshold, batch_size=3
     skipped = [entry for *_, entry in sorted(sum(parallel.gather_json(skipped), []),
                                              key=lambda e: e[:2])]
     classified = [r for r in records if "error" not in r]
-    summary = {"images": len(files), "predicted": len(classified), "skipped": len(skipped),
-               "nonfinite": len(records) - len(classified),
-               "img_per_sec": len(records) / seconds if seconds > 0 else 0.0,
-               "threshold": threshold, "out_dir": os.fspath(out_dir)}
+    computing = max(seconds - compiling["seconds"], 1e-9)
+    summary = {"images": len(records) + len(skipped), "predicted": len(classified),
+               "skipped": len(skipped), "nonfinite": len(records) - len(classified),
+               "skipped_by_reason": dict(collections.Counter(
+                   _reason(e["file"]) for e in skipped)),
+               "seconds": seconds, "compile_seconds": compiling["seconds"],
+               "compilations": compiling["compilations"],
+               "img_per_sec": len(records) / computing if records else 0.0}
     staged = [r["stage"] for r in classified if "stage" in r]  # early exit: which stage decided
     if staged:
         summary["exited_fraction"] = float(np.mean(np.equal(staged, 1)))
-    if jax.process_index() == 0:
-        _write(out_dir, records, arrays)
-    if overlays_dir:
-        summary["overlays_dir"] = os.fspath(overlays_dir)
     if skipped:
         summary["skipped_files"] = skipped
-    return summary
+    return summary, records, arrays
+
+
+def _reason(name):
+    if name.endswith(".npz"):
+        return "unusable .npz file"
+    return "rejected .npz image" if name.endswith("]") else "unreadable image"
+
+
+def _count(n, noun):
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def describe(summary):
+    """The run in one line, as the console shows it."""
+    reasons = "".join(f"{': ' if i == 0 else ', '}{_count(n, why)}" for i, (why, n) in
+                      enumerate(summary["skipped_by_reason"].items()))
+    line = (f"Predicted {summary['predicted']} of {_count(summary['images'], 'image')} in "
+            f"{_count(summary['files'], 'file')} ({summary['skipped']} skipped{reasons}; "
+            f"{summary['nonfinite']} with non-finite outputs)")
+    if "exited_fraction" in summary:
+        line += f", {100 * summary['exited_fraction']:.1f}% exited after localization"
+    return (line + f"; {summary['img_per_sec']:.1f} img/s after {summary['compile_seconds']:.1f}"
+            f" s of compilation ({_count(summary['compilations'], 'executable')}); results in "
+            f"{summary['out_dir']}")
 
 
 def _write(out_dir, records, arrays):
-    out_dir = epath.Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "predictions.jsonl").write_text(
         "".join(json.dumps(r, allow_nan=False) + "\n" for r in records))
     buffer = io.BytesIO()
@@ -172,20 +262,26 @@ def _write(out_dir, records, arrays):
 
 
 def predict_checkpoint(config, workdir, inputs, threshold, batch_size, output=None,
-                       overwrite=False, save_logits="final", overlays_dir=None, which="latest"):
-    """`main.py --mode=predict`: the weights `loading.load` finds; no dataset is opened."""
-    from lfvit_jax.data.pipeline import class_names
-
-    mesh = parallel.make_mesh()
-    loaded = loading.load(config, workdir, which, mesh)
-    out_dir = epath.Path(output) if output else rundir.fresh_dir(workdir)
-    rundir.check_output(out_dir, overwrite)
+                       overwrite=False, save_logits="final", overlays_dir=None, which="latest",
+                       quiet=False):
+    """`predict` with the weights `loading.load` finds (no dataset is opened), printing a line
+    per image (unless `quiet`) and the summary. The inputs and the output folder are checked
+    before the weights are read."""
+    inputs = list_inputs(inputs)
+    out_dir = output or rundir.fresh_dir(workdir)
+    with rundir.output_folder(out_dir, overwrite) as out_dir:
+        mesh = parallel.make_mesh()
+        loaded = loading.load(config, workdir, which, mesh)
+        if jax.process_index() == 0:
+            print(f"Predicting with {loaded.origin} into {out_dir}", flush=True)
+        names, wnids = class_names(config.data)
+        if names is not None and len(names) != loaded.task.model.num_classes:
+            names = wnids = None  # the dataset's names do not describe this head
+        summary = predict(loaded.task.model, {"params": loaded.params}, inputs, config.data,
+                          out_dir, threshold, batch_size, sharding=parallel.batch_sharding(mesh),
+                          progress=True, overlays_dir=overlays_dir, save_logits=save_logits,
+                          class_names=names, wnids=wnids, quiet=quiet, overwrite=True)
     if jax.process_index() == 0:
-        print(f"Predicting with {loaded.origin} into {out_dir}", flush=True)
-    names = class_names(config.data)
-    if names is not None and len(names) != loaded.task.model.num_classes:
-        names = None  # the dataset's names do not describe this head
-    return predict(loaded.task.model, {"params": loaded.params}, inputs, config.data, out_dir,
-                   threshold, batch_size, sharding=parallel.batch_sharding(mesh),
-                   progress=jax.process_index() == 0, overlays_dir=overlays_dir,
-                   save_logits=save_logits, class_names=names)
+        print(describe(summary))
+        print(json.dumps(summary), flush=True)
+    return summary

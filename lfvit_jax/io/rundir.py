@@ -3,6 +3,7 @@ validated), checkpoints/ and best/ (orbax), metrics.jsonl and tensorboard events
 evaluation (eval_result.json, eval_arrays.npz, *.png), an eval_step<S>_<config hash>/ per
 `main.py --mode eval` and a predictions_<n>/ per `--mode predict` without --output.
 """
+import contextlib
 import hashlib
 import json
 
@@ -93,12 +94,27 @@ def fresh_dir(workdir, prefix="predictions"):
     return epath.Path(workdir) / f"{prefix}_{n}"
 
 
-def check_output(path, overwrite):
-    """An existing non-empty output folder is kept unless `overwrite`."""
+@contextlib.contextmanager
+def output_folder(path, overwrite=False):
+    """Makes the folder `path` for a job's files before the job computes anything, and yields it:
+    refused if it holds files (unless `overwrite`) or cannot be written (`check_writable`). If
+    the block fails, the folders made here go again, with what was written into them."""
     path = epath.Path(path)
-    if path.exists() and any(path.iterdir()) and not overwrite:
+    made = None if path.exists() else path
+    if made is None and any(path.iterdir()) and not overwrite:
         raise UsageError(f"{path} exists and is not empty; choose a new --output, or pass "
                          "--overwrite to replace its files.")
+    while made is not None and not made.parent.exists():  # up to the highest folder to make
+        made = made.parent
+    check_writable(path, "give --output a folder you can write to")
+    try:
+        if jax.process_index() == 0:
+            path.mkdir(parents=True, exist_ok=True)
+        yield path
+    except BaseException:
+        if made is not None and made.exists() and jax.process_index() == 0:
+            made.rmtree()
+        raise
 
 
 def check_writable(path, fix):
