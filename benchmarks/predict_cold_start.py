@@ -87,7 +87,7 @@ def child(weights, jpegs, out, cache):
     print(json.dumps({"imports": imported - start, "loading": loaded_at - imported,
                       "compile": summary["compile_seconds"],
                       "compute": summary["seconds"] - summary["compile_seconds"],
-                      "compilations": summary["compilations"],
+                      "executables": summary["executables"],
                       "predict_total": time.perf_counter() - loaded_at}))
 
 
@@ -147,7 +147,7 @@ def main():
         if name in splits:
             line += "  (" + ", ".join(f"{k} {result[f'{name}_{k}']:.1f}" for k in
                                       ("imports", "loading", "compile", "compute")) + \
-                f"; {result[f'{name}_compilations']:.0f} executables)"
+                f"; {result[f'{name}_executables']:.0f} executables)"
         print(line)
     print(json.dumps(result))
 

@@ -131,8 +131,9 @@ def _tar(path, members):
 
 
 def test_imagenet_tars_convert_and_read_as_tfds_imagenet2012(tmp_path):
-    with open(tfds.core.tfds_path(convert.IMAGENET_LABELS)) as f:
-        wnids = f.read().split()
+    wnids = defaults.class_names(defaults.imagenet_config())[1]
+    with open(tfds.core.tfds_path("datasets/imagenet2012/labels.txt")) as f:
+        assert f.read().split() == wnids  # the packaged classes are in tfds's label order
     with open(tfds.core.tfds_path(convert.IMAGENET_VAL_LABELS)) as f:
         val_wnids = f.read().split()[:3]
     class_tars = []

@@ -204,7 +204,7 @@ def _read_class_tar(path, offset, size, label):
 
 def imagenet_splits(manual_dir, examples_per_shard=1024):
     """(splits, class_names) of ILSVRC2012_img_{train,val}.tar, labelled as tfds's imagenet2012."""
-    class_names = defaults.imagenet_classes()[0]
+    class_names = defaults.class_names(defaults.imagenet_config())[1]
     train = os.path.join(manual_dir, "ILSVRC2012_img_train.tar")
     val = os.path.join(manual_dir, "ILSVRC2012_img_val.tar")
     out = {}

@@ -60,19 +60,13 @@ def get_config(name):
     return cfg
 
 
-def imagenet_classes():
-    """(WordNet ids, names) of ImageNet's 1000 classes in label order, from the packaged
-    imagenet_classes.txt (its header says where the names come from)."""
-    text = pathlib.Path(__file__).with_name("imagenet_classes.txt").read_text()
-    rows = [line.split("\t") for line in text.splitlines() if not line.startswith("#")]
-    return [wnid for wnid, _ in rows], [name for _, name in rows]
-
-
 def class_names(data_cfg):
-    """(names, WordNet ids or None) of the dataset's classes, or (None, None) when unknown."""
+    """(names, WordNet ids or None) of the dataset's classes in label order, (None, None) when
+    unknown. ImageNet's come from the packaged imagenet_classes.txt (its header: their source)."""
     if data_cfg.name == "imagenet2012":
-        wnids, names = imagenet_classes()
-        return names, wnids
+        text = pathlib.Path(__file__).with_name("imagenet_classes.txt").read_text()
+        wnids, names = zip(*(line.split("\t") for line in text.splitlines() if line[0] != "#"))
+        return list(names), list(wnids)
     if data_cfg.name == "cluttered_mnist":
         return [str(digit) for digit in range(10)], None
     return None, None

@@ -83,13 +83,13 @@ def console_line(record):
 
 @contextlib.contextmanager
 def compile_clock():
-    """{'seconds', 'compilations'} that JAX spends making executables inside the block."""
-    spent = {"seconds": 0.0, "compilations": 0}
+    """{'seconds', 'executables'}: what JAX spends making executables inside the block."""
+    spent = {"seconds": 0.0, "executables": 0}
 
     def listen(event, seconds, **kwargs):
         if event in COMPILE_EVENTS:
             spent["seconds"] += seconds
-            spent["compilations"] += event == COMPILE_EVENTS[-1]
+            spent["executables"] += event == COMPILE_EVENTS[-1]
     jax.monitoring.register_event_duration_secs_listener(listen)
     try:
         yield spent
@@ -121,29 +121,7 @@ def predict(model, variables, inputs, data_cfg, out_dir, threshold, batch_size=3
     devices = 1 if sharding is None else sharding.mesh.size
     if not any(f.endswith(".npz") for f in files):  # a few images: no batch of padding
         batch_size = min(batch_size, -(-len(files) // devices) * devices)
-    with contextlib.ExitStack() as folders:
-        out_dir = folders.enter_context(rundir.output_folder(out_dir, overwrite))
-        if overlays_dir:
-            overlays_dir = folders.enter_context(rundir.output_folder(overlays_dir, overwrite))
-        predictor = predictors.for_task(task, variables, batch_size, sharding)
-        summary, records, arrays = _run(task, predictor, files, data_cfg, threshold, batch_size,
-                                        progress and first, overlays_dir, save_logits,
-                                        class_names, wnids, quiet or not first)
-        if first:
-            _write(out_dir, records, arrays)
-    summary.update(files=len(files), out_dir=os.fspath(out_dir), threshold=threshold)
-    if ignored:
-        summary["ignored_files"] = ignored
-    if overlays_dir:
-        summary["overlays_dir"] = os.fspath(overlays_dir)
-    return summary
-
-
-def _run(task, predictor, files, data_cfg, threshold, batch_size, progress, overlays_dir,
-         save_logits, names, wnids, quiet):
-    """(summary, records, arrays) of every input, in the inputs' order."""
-    processes, size, grid = jax.process_count(), task.model.img_size, task.grid
-    share = batch_size // processes
+    size, grid, share = model.img_size, task.grid, batch_size // processes
     mine = [i for i in range(len(files)) if (i // share) % processes == jax.process_index()]
     records, keys, skipped = [], [], []  # keys: (file index, item index) per record
     in_flight = collections.deque()  # per queued batch: its global keys, this process's images
@@ -153,8 +131,7 @@ def _run(task, predictor, files, data_cfg, threshold, batch_size, progress, over
         """(key, image) of this process's readable inputs."""
         for i in mine:
             for j, (name, img, error) in enumerate(read_items([files[i]], data_cfg, size)):
-                if j:  # an .npz holds more than one image: the bar's total grows
-                    bar.total += 1
+                bar.total += j > 0  # an .npz of several images: the bar's total grows
                 if error:
                     bar.update(1)
                     log.warning("Skipping %s: %s", name, error)
@@ -185,16 +162,22 @@ def _run(task, predictor, files, data_cfg, threshold, batch_size, progress, over
         return ({k: parallel.host_array(v) for k, v in predictor.masked(x, threshold).items()}
                 for x in batches)
 
-    start = time.perf_counter()
-    with compile_clock() as compiling, tqdm(total=len(files), unit="img", desc="predict",
-                                            disable=not progress) as bar:
+    with contextlib.ExitStack() as stack:
+        out_dir = stack.enter_context(rundir.output_folder(out_dir, overwrite))
+        if overlays_dir:
+            overlays_dir = stack.enter_context(rundir.output_folder(overlays_dir, overwrite))
+        predictor = predictors.for_task(task, variables, batch_size, sharding)
+        start = time.perf_counter()
+        compiling = stack.enter_context(compile_clock())
+        bar = stack.enter_context(tqdm(total=len(files), unit="img", desc="predict",
+                                       disable=not (progress and first)))
         for out in outputs(batches(bar)):
             global_keys, images = in_flight.popleft()
             for k, (i, j) in enumerate(global_keys):
                 if i < 0:
                     continue
                 name = item_name(files[i], j)
-                records.append(_record(task, name, out, k, names, wnids))
+                records.append(_record(task, name, out, k, class_names, wnids))
                 keys.append((i, j))
                 for key in ("logits", "loc_logits", "focus_logits", "exited", "region"):
                     if key in out:
@@ -202,30 +185,34 @@ def _run(task, predictor, files, data_cfg, threshold, batch_size, progress, over
                 if overlays_dir and grid is not None and "error" not in records[-1]:
                     save_overlay(overlays_dir / overlay_name(len(records) - 1, name),
                                  images[k], records[-1], grid, data_cfg)
-                if not quiet:
+                if first and not quiet:
                     bar.write(console_line(records[-1]), file=sys.stdout)
                 bar.update(1)
-    seconds = time.perf_counter() - start
-    order = sorted(range(len(keys)), key=keys.__getitem__)  # the inputs' order
-    records = [records[n] for n in order]
-    arrays = {key: [values[n] for n in order] for key, values in arrays.items()}
+        seconds = time.perf_counter() - start
+        order = sorted(range(len(keys)), key=keys.__getitem__)  # the inputs' order
+        records = [records[n] for n in order]
+        if first:
+            _write(out_dir, records, {key: [values[n] for n in order]
+                                      for key, values in arrays.items()})
     skipped = [entry for *_, entry in sorted(sum(parallel.gather_json(skipped), []),
                                              key=lambda e: e[:2])]
     classified = [r for r in records if "error" not in r]
-    computing = max(seconds - compiling["seconds"], 1e-9)
-    summary = {"images": len(records) + len(skipped), "predicted": len(classified),
-               "skipped": len(skipped), "nonfinite": len(records) - len(classified),
-               "skipped_by_reason": dict(collections.Counter(
-                   _reason(e["file"]) for e in skipped)),
+    summary = {"files": len(files), "images": len(records) + len(skipped),
+               "predicted": len(classified), "skipped": len(skipped),
+               "nonfinite": len(records) - len(classified),
+               "skipped_by_reason": collections.Counter(_reason(e["file"]) for e in skipped),
                "seconds": seconds, "compile_seconds": compiling["seconds"],
-               "compilations": compiling["compilations"],
-               "img_per_sec": len(records) / computing if records else 0.0}
+               "executables": compiling["executables"], "threshold": threshold,
+               "img_per_sec": len(records) / max(seconds - compiling["seconds"], 1e-9),
+               "out_dir": os.fspath(out_dir)}
     staged = [r["stage"] for r in classified if "stage" in r]  # early exit: which stage decided
     if staged:
         summary["exited_fraction"] = float(np.mean(np.equal(staged, 1)))
-    if skipped:
-        summary["skipped_files"] = skipped
-    return summary, records, arrays
+    for key, value in (("overlays_dir", overlays_dir and os.fspath(overlays_dir)),
+                       ("skipped_files", skipped), ("ignored_files", ignored)):
+        if value:
+            summary[key] = value
+    return summary
 
 
 def _reason(name):
@@ -248,7 +235,7 @@ def describe(summary):
     if "exited_fraction" in summary:
         line += f", {100 * summary['exited_fraction']:.1f}% exited after localization"
     return (line + f"; {summary['img_per_sec']:.1f} img/s after {summary['compile_seconds']:.1f}"
-            f" s of compilation ({_count(summary['compilations'], 'executable')}); results in "
+            f" s of compilation ({_count(summary['executables'], 'executable')}); results in "
             f"{summary['out_dir']}")
 
 

@@ -33,83 +33,70 @@ list_without_cache()
 
 EMULATOR_VARIABLES = ("STORAGE_EMULATOR_HOST", "TENSORSTORE_GCS_HTTP_URL",
                       "CLOUD_STORAGE_EMULATOR_ENDPOINT")
-FIX_CREDENTIALS = ("set GOOGLE_APPLICATION_CREDENTIALS to a service account's key file, run "
-                   "`gcloud auth application-default login`, or run on a Google Cloud VM; for a "
-                   f"local emulator set {', '.join(EMULATOR_VARIABLES)} to its URL")
+FIX_CREDENTIALS = ("set GOOGLE_APPLICATION_CREDENTIALS to a key file, run `gcloud auth "
+                   "application-default login`, or run on a Google Cloud VM (for a local "
+                   f"emulator, set {', '.join(EMULATOR_VARIABLES)} to its URL)")
 
 
 def check_reachable(*paths, timeout=8.0):
-    """Fails fast with one ValueError that names the fix when the bucket of a gs:// path among
-    `paths` cannot be used: no credentials, no answer within `timeout` seconds, no such bucket, no
-    access. (gcsfs, orbax and tfds each retry for a minute first.) Other paths and None pass."""
+    """One ValueError naming the fix, within `timeout` seconds, when the bucket of a gs:// path
+    among `paths` cannot be used (no credentials, no answer, no bucket, no access), where gcsfs,
+    orbax and tfds would retry for a minute. Other paths pass. Every job calls it first."""
     urls = sorted({os.fspath(p) for p in paths if p and os.fspath(p).startswith("gs://")})
-    if not urls:
-        return
     emulator = os.environ.get("STORAGE_EMULATOR_HOST")
-    if not emulator and not _credentials_found():
+    gcloud = os.environ.get("CLOUDSDK_CONFIG") or os.path.expanduser("~/.config/gcloud")
+    product = "/sys/class/dmi/id/product_name"  # 'Google Compute Engine' on Google Cloud VMs
+    # Where google.auth would look, found without asking a metadata server (seconds to time out).
+    if urls and not (emulator or os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
+                     or os.environ.get("GCE_METADATA_HOST")
+                     or os.path.exists(f"{gcloud}/application_default_credentials.json")
+                     or os.path.exists(product) and epath.Path(product).read_text().startswith(
+                         "Google")):
         raise ValueError(f"{urls[0]}: no Google Cloud credentials found; {FIX_CREDENTIALS}.")
-    where = f"the emulator at STORAGE_EMULATOR_HOST={emulator}" if emulator else "Cloud Storage"
     errors = []
-    probe = threading.Thread(target=_probe, args=(urls, emulator, where, timeout, errors),
-                             daemon=True)
+    probe = threading.Thread(target=_probe, args=(urls, emulator, timeout, errors), daemon=True)
     probe.start()
     probe.join(timeout)
     if probe.is_alive():
-        errors.append(f"{urls[0]}: {where} did not answer within {timeout:g} s; check the "
+        errors.append(f"{urls[0]}: no answer from Cloud Storage within {timeout:g} s; check the "
                       "network.")
     if errors:
         raise ValueError(errors[0])
 
 
-def _credentials_found():
-    """Whether google.auth has somewhere to look (without asking the metadata server, which
-    takes seconds to time out where there is none)."""
-    adc = os.path.join(os.environ.get("CLOUDSDK_CONFIG") or os.path.expanduser("~/.config/gcloud"),
-                       "application_default_credentials.json")
-    try:
-        with open("/sys/class/dmi/id/product_name") as f:
-            on_google_cloud = f.read().startswith("Google")
-    except OSError:
-        on_google_cloud = False
-    return bool(os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
-                or os.environ.get("GCE_METADATA_HOST") or os.path.exists(adc) or on_google_cloud)
-
-
-def _probe(urls, emulator, where, timeout, errors):
-    """Lists one object under each URL; appends a message to `errors` for the first that fails."""
-    try:  # imported here: only runs that use buckets need gcsfs's dependencies
+def _probe(urls, emulator, timeout, errors):
+    """Lists an object under each URL; the first failure's message goes into `errors`."""
+    try:  # imported here: gcsfs brings them, and only runs that use a bucket need them
         import requests
         if emulator:
             session, base = requests.Session(), emulator.rstrip("/")
             base = base if "://" in base else f"http://{base}"
-        else:
+        elif urls:
             import google.auth
             from google.auth.transport.requests import AuthorizedSession
             scope = "https://www.googleapis.com/auth/devstorage.read_write"
             session = AuthorizedSession(google.auth.default(scopes=[scope])[0])
             base = "https://storage.googleapis.com"
+        for url in urls:
+            bucket, _, prefix = url[len("gs://"):].partition("/")
+            try:
+                reply = session.get(f"{base}/storage/v1/b/{bucket}/o", timeout=timeout,
+                                    params={"maxResults": 1, "prefix": prefix})
+            except requests.RequestException as e:
+                where = f"STORAGE_EMULATOR_HOST={emulator}" if emulator else base
+                return errors.append(f"{url}: cannot reach {where} ({type(e).__name__}); check "
+                                     f"{'that the emulator runs' if emulator else 'the network'}.")
+            if not reply.ok:
+                why = {404: f"there is no bucket {bucket}; create it or fix the name",
+                       401: "the credentials are not accepted", 403: "the credentials may not "
+                       f"read bucket {bucket}"}.get(reply.status_code, "")
+                return errors.append(f"{url}: {why or 'Cloud Storage answered'} (HTTP "
+                                     f"{reply.status_code}).")
     except ImportError as e:
-        return errors.append(f"gs:// paths need gcsfs and google-auth (pip install gcsfs): {e}")
+        errors.append(f"gs:// paths need gcsfs (pip install gcsfs): {e}.")
     except Exception as e:  # noqa: BLE001  (google.auth's DefaultCredentialsError and kin)
-        return errors.append(f"{urls[0]}: no usable Google Cloud credentials ({e}); "
-                             f"{FIX_CREDENTIALS}.")
-    for url in urls:
-        bucket, _, prefix = url[len("gs://"):].partition("/")
-        try:
-            reply = session.get(f"{base}/storage/v1/b/{bucket}/o", timeout=timeout,
-                                params={"maxResults": 1, "prefix": prefix})
-        except Exception as e:  # noqa: BLE001  (connection refused, DNS, TLS, token refresh)
-            check = "that the emulator runs" if emulator else "the network"
-            return errors.append(f"{url}: cannot reach {where} ({type(e).__name__}); check "
-                                 f"{check}.")
-        if reply.status_code == 404:
-            return errors.append(f"{url}: there is no bucket {bucket}; create it or fix the name.")
-        if reply.status_code in (401, 403):
-            return errors.append(f"{url}: the credentials may not read bucket {bucket} (HTTP "
-                                 f"{reply.status_code}); grant them access, or "
-                                 f"{FIX_CREDENTIALS}.")
-        if not reply.ok:
-            return errors.append(f"{url}: {where} answered HTTP {reply.status_code}.")
+        errors.append(f"{urls[0]}: the Google Cloud credentials do not work ({e}); "
+                      f"{FIX_CREDENTIALS}.")
 
 
 def is_remote(path):

@@ -6,7 +6,6 @@ import dataclasses
 from typing import Any
 
 import jax
-import numpy as np
 from etils import epath
 
 from lfvit_jax import tasks
@@ -28,8 +27,7 @@ def pretrained_params(config, task, target):
     overrides = {k: v for k, v in dict(config.model).items() if k != "variant"}
     _, variables = load_pretrained(config.init_from, **overrides)
     checkpoint.check_shapes(variables["params"], target, f"config.init_from={config.init_from}")
-    return parallel.put_global(jax.tree.map(np.asarray, variables["params"]),
-                               jax.tree.map(lambda x: x.sharding, target))
+    return parallel.put_global(variables["params"], jax.tree.map(lambda x: x.sharding, target))
 
 
 def _restore(directory, steps, which, target):
