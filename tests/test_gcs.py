@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from processes import free_port
-from lfvit_jax.io import storage
+from lfvit_jax.io import rundir, storage
 from lfvit_jax.data.defaults import cluttered_mnist_config
 from lfvit_jax.data.pipeline import eval_iterator
 
@@ -166,3 +166,15 @@ def test_a_reachable_bucket_passes_and_a_missing_one_is_named(gcs):
     with pytest.raises(ValueError, match=r"gs://no-such-bucket/x: there is no bucket "
                                          r"no-such-bucket; create it or fix the name \(HTTP 404"):
         storage.check_reachable(f"gs://{gcs.bucket}/run", "gs://no-such-bucket/x")
+
+
+def test_an_output_folder_in_a_bucket_is_checked_and_removed_on_failure(gcs):
+    folder = storage.path(f"gs://{gcs.bucket}/outputs/run/preds")
+    with pytest.raises(RuntimeError, match="failed"):
+        with rundir.output_folder(folder) as out:
+            (out / "predictions.jsonl").write_text("{}\n")
+            raise RuntimeError("the job failed")
+    assert not storage.path(f"gs://{gcs.bucket}/outputs").exists()
+    with rundir.output_folder(folder) as out:
+        (out / "predictions.jsonl").write_text("{}\n")
+    assert [p.name for p in folder.iterdir()] == ["predictions.jsonl"]

@@ -156,7 +156,8 @@ def test_nothing_classified_exits_non_zero_and_keeps_earlier_output(tmp_path, tr
     rc = run_main(["--mode=predict", f"--workdir={run}", f"--input={tmp_path / 'broken.png'}",
                    f"--output={tmp_path / 'fresh'}"])
     assert rc == 1
-    assert "Predicted 0 of 1 images" in capsys.readouterr().out
+    assert ("Predicted 0 of 1 image in 1 file (1 skipped: 1 unreadable image; 0 with non-finite "
+            "outputs); ") in capsys.readouterr().out
     assert (out / "predictions.jsonl").read_text() == "earlier\n"
 
 

@@ -169,8 +169,8 @@ def predict(model, variables, inputs, data_cfg, out_dir, threshold, batch_size=3
         predictor = predictors.for_task(task, variables, batch_size, sharding)
         start = time.perf_counter()
         compiling = stack.enter_context(compile_clock())
-        bar = stack.enter_context(tqdm(total=len(files), unit="img", desc="predict",
-                                       disable=not (progress and first)))
+        bar = stack.enter_context(tqdm(total=len(files), unit="img", desc="predict",  # None:
+                                       disable=None if progress and first else True))  # a tty
         for out in outputs(batches(bar)):
             global_keys, images = in_flight.popleft()
             for k, (i, j) in enumerate(global_keys):
@@ -205,9 +205,8 @@ def predict(model, variables, inputs, data_cfg, out_dir, threshold, batch_size=3
                "executables": compiling["executables"], "threshold": threshold,
                "img_per_sec": len(records) / max(seconds - compiling["seconds"], 1e-9),
                "out_dir": os.fspath(out_dir)}
-    staged = [r["stage"] for r in classified if "stage" in r]  # early exit: which stage decided
-    if staged:
-        summary["exited_fraction"] = float(np.mean(np.equal(staged, 1)))
+    if grid is not None:  # an early-exit kind: the fraction decided by localization
+        summary["exited_fraction"] = float(np.mean([r["stage"] == 1 for r in classified] or 0))
     for key, value in (("overlays_dir", overlays_dir and os.fspath(overlays_dir)),
                        ("skipped_files", skipped), ("ignored_files", ignored)):
         if value:
@@ -232,7 +231,7 @@ def describe(summary):
     line = (f"Predicted {summary['predicted']} of {_count(summary['images'], 'image')} in "
             f"{_count(summary['files'], 'file')} ({summary['skipped']} skipped{reasons}; "
             f"{summary['nonfinite']} with non-finite outputs)")
-    if "exited_fraction" in summary:
+    if "exited_fraction" in summary and summary["predicted"]:
         line += f", {100 * summary['exited_fraction']:.1f}% exited after localization"
     return (line + f"; {summary['img_per_sec']:.1f} img/s after {summary['compile_seconds']:.1f}"
             f" s of compilation ({_count(summary['executables'], 'executable')}); results in "
