@@ -1,12 +1,13 @@
 """What the checkpoint checksums cost: saving and restoring a training state with and without them.
 
 Saves a freshly initialised training state of a config (DeiT-S by default: parameters and AdamW
-moments) with orbax as the training loop does, timed to the end of the save (the async write
+moments, the moments random as in a trained state) with orbax as the training loop does, timed to the end of the save (the async write
 waited for) and to the return of the call (what the training loop waits for), once as orbax alone
 and once through `checkpoint.save` (checksums computed, then saved with the state);
 restores it once as orbax alone and once through `checkpoint.restore` (checksums recomputed and
-compared). The variants alternate in every round, in one process, on the same file system;
-medians are reported.
+compared), and reads the parameters alone as eval and predict do (`checkpoint.restore_params`:
+seconds and bytes read). The variants alternate in every round, in one process, on the same file
+system; medians are reported.
 
   python -m benchmarks.checkpoint_checksum                      # DeiT-S, into a temporary folder
   python -m benchmarks.checkpoint_checksum --rounds 7 --dir /fast/disk/tmp
@@ -42,6 +43,12 @@ def cpu_model():
         return platform.processor() or "unknown CPU"
 
 
+def read_bytes():
+    """Bytes this process has read so far (any file, page cache or not)."""
+    with open("/proc/self/io") as f:
+        return int(next(line for line in f if line.startswith("rchar")).split()[1])
+
+
 def timed(fn):
     start = time.perf_counter()
     fn()
@@ -55,6 +62,11 @@ def main(argv):
                 train_examples=config.batch_size * 1000, eval_examples=config.batch_size)
     setup = trainer.Setup(config, info)
     state = setup.scratch_state()
+    # A trained state's Adam moments are not zeros (which compress to nothing on disk).
+    keys = iter(jax.random.split(jax.random.key(1), len(jax.tree.leaves(state))))
+    state["opt_state"] = jax.tree.map(lambda x: jax.random.normal(next(keys), x.shape, x.dtype)
+                                      if x.ndim and x.dtype == "float32" else x,
+                                      state["opt_state"])
     target = checkpoint.abstract_with_shardings(setup.abstract_state, setup.shardings)
     nbytes = sum(x.nbytes for x in jax.tree.leaves(state))
     root = FLAGS.dir or tempfile.mkdtemp(prefix="ckpt_checksum_")
@@ -85,7 +97,9 @@ def main(argv):
     mngr.wait_until_finished()
     restore_checked(0)
     restore_plain(0)
+    params_read = []
     times = {k: [] for k in ("save", "save_checked", "save_call", "save_checked_call", "restore",
+                             "restore_params",
                              "restore_checked", "checksum")}
     for r in range(FLAGS.rounds):
         plain, checked = 2 * r + 1, 2 * r + 2
@@ -98,6 +112,10 @@ def main(argv):
         for name, fn in order if r % 2 == 0 else order[::-1]:
             times[name].append(timed(fn))
         times["checksum"].append(timed(lambda: integrity.checksums(state)))
+        read_before = read_bytes()
+        times["restore_params"].append(timed(lambda: jax.block_until_ready(
+            checkpoint.restore_params(mngr.directory, checked, target["params"]))))
+        params_read.append(read_bytes() - read_before)
     mngr.close()
     if not FLAGS.dir:
         shutil.rmtree(root)
@@ -113,6 +131,8 @@ def main(argv):
     print(f"  restore  {med['restore']:.3f} s, verified {med['restore_checked']:.3f} s "
           f"({100 * out['restore_overhead']:+.1f}%)")
     print(f"  checksums alone {med['checksum']:.3f} s")
+    print(f"  parameters alone (eval, predict): {med['restore_params']:.3f} s, "
+          f"{statistics.median(params_read) / 2**20:.0f} MB read")
     print(json.dumps(out))
 
 
