@@ -155,7 +155,7 @@ def test_unwritable_output_is_refused_before_any_compute(tmp_path, model_and_var
     (tmp_path / "a_file").write_text("")
     for out, overlays in ((tmp_path / "a_file" / "out", None),  # cannot be made (root or not)
                           (tmp_path / "fine", tmp_path / "a_file" / "overlays")):
-        with pytest.raises(ValueError, match="Cannot write into .*a_file"):
+        with pytest.raises(ValueError, match="Cannot write to .*a_file"):
             predict(model, variables, [str(mixed_folder)], cluttered_mnist_config(), str(out),
                     0.5, progress=False, overlays_dir=overlays and str(overlays))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "mixed"]
