@@ -128,7 +128,7 @@ def test_predict_from_a_trained_run(tmp_path, trained, no_dataset, kind, capsys)
     printed = capsys.readouterr().out.splitlines()
     assert printed[0] == f"Predicting with {run}/checkpoints/8 (params) into {out}"
     assert printed[1:4] == [predict.console_line(r) for r in rows]  # a line per image
-    assert printed[4].startswith("Predicted 3 of 3 images in 1 file (0 skipped; ")
+    assert printed[4].startswith("Predicted 3 of 3 images in 3 files (0 skipped; ")
     if kind == "deit":  # one pass decides every image: no stages, no regions
         assert all(set(r) == {"file", "class", "class_name", "confidence"} for r in rows)
         assert not any("stage" in line or "exited" in line for line in printed[:5])
