@@ -1,10 +1,13 @@
 """Test setup: 8 fake CPU devices, so sharding code runs as it would on a small pod."""
 import os
+import tempfile
 
 if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (
         os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# The commands turn JAX's persistent compilation cache on: the tests' goes to a folder of their own.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="lfvit_test_jax_cache_"))
 
 import jax  # noqa: E402  (imported after XLA_FLAGS on purpose)
 

@@ -43,7 +43,10 @@ def test_the_faq_has_commands_for_both_exit_statuses():
 
 
 @pytest.mark.parametrize("message,status,command", faq_cases(), ids=lambda x: str(x)[:40])
-def test_faq_cases(tmp_path, message, status, command):
+def test_faq_cases(tmp_path, monkeypatch, message, status, command):
+    for name in ("STORAGE_EMULATOR_HOST", "GOOGLE_APPLICATION_CREDENTIALS", "GCE_METADATA_HOST"):
+        monkeypatch.delenv(name, raising=False)  # gs:// cases: a machine without credentials
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "gcloud"))
     code, _, err = lfvit(shlex.split(command)[1:], tmp_path)
     assert code == status, err
     first = err.splitlines()[0]

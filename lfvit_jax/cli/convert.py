@@ -7,6 +7,7 @@ and load_pretrained read without PyTorch.
 """
 from absl import flags
 
+from lfvit_jax.io import storage
 from lfvit_jax.weights import pretrained
 
 REQUIRED = ("src", "dst")
@@ -29,6 +30,7 @@ def define_flags(fv):
 
 def main(FLAGS, overrides, args):
     del overrides, args
+    storage.check_reachable(FLAGS.src, FLAGS.dst)
     config, count = pretrained.convert(
         FLAGS.src, FLAGS.dst, FLAGS.allow_pickle,
         **{k: FLAGS[k].value for k in OVERRIDES if FLAGS[k].value is not None})

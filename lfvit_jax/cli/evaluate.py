@@ -36,12 +36,12 @@ def define_checkpoint_flags(fv):
                       "choice and the exit decision in float32", **d)
 
 
-def job_config(FLAGS, overrides):
-    """The config of an eval or predict job, its checkpoint flag checked, at --precision."""
+def job_config(FLAGS, overrides, *paths):
+    """The config of an eval or predict job (its `paths` checked first), at --precision."""
     if FLAGS.checkpoint not in ("latest", "best") and not FLAGS.checkpoint.isdigit():
         raise UsageError(f"--checkpoint={FLAGS.checkpoint} is not 'latest', 'best' or a step "
                          "number.")
-    jobs.start(FLAGS)
+    jobs.start(FLAGS, *paths)
     cfg = jobs.config(FLAGS, overrides, check_model=True)
     cfg.precision = FLAGS.precision
     return cfg
@@ -49,5 +49,5 @@ def job_config(FLAGS, overrides):
 
 def main(FLAGS, overrides, args):
     del args
-    evaluate.evaluate_checkpoint(job_config(FLAGS, overrides), FLAGS.workdir, FLAGS.checkpoint,
-                                 output=FLAGS.output)
+    evaluate.evaluate_checkpoint(job_config(FLAGS, overrides, FLAGS.output), FLAGS.workdir,
+                                 FLAGS.checkpoint, output=FLAGS.output)

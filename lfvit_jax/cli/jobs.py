@@ -4,7 +4,7 @@ from absl import flags
 
 from lfvit_jax.core import config_args, parallel
 from lfvit_jax.core.errors import UsageError
-from lfvit_jax.io import rundir
+from lfvit_jax.io import rundir, storage
 
 
 def define_flags(fv, config_help):
@@ -21,12 +21,18 @@ def define_flags(fv, config_help):
                          "processes", **d)
     flags.DEFINE_integer("process_id", None, "with --coordinator_address: this process's "
                          "index", **d)
+    flags.DEFINE_string("compilation_cache", None, "JAX's persistent compilation cache folder "
+                        "(default $JAX_COMPILATION_CACHE_DIR, else ~/.cache/lfvit_jax/jax), or "
+                        "'none' to turn it off", **d)
 
 
-def start(FLAGS):
-    """Joins the other processes of a multi-process run, if this is one."""
+def start(FLAGS, *paths):
+    """Checks the buckets among the job's paths, turns the compilation cache on and joins the
+    other processes of a multi-process run, if this is one."""
     if FLAGS.coordinator_address and (FLAGS.num_processes is None or FLAGS.process_id is None):
         raise UsageError("--coordinator_address needs --num_processes and --process_id too.")
+    storage.check_reachable(FLAGS.workdir, *paths)
+    parallel.enable_compilation_cache(FLAGS.compilation_cache)
     parallel.maybe_initialize_distributed(FLAGS.multiprocess, FLAGS.coordinator_address,
                                           FLAGS.num_processes, FLAGS.process_id)
 
@@ -43,6 +49,7 @@ def config(FLAGS, overrides, check_model=False):
         cfg = config_args.load_config(FLAGS.config)
     for key, text in overrides:
         config_args.override(cfg, key, text)
+    storage.check_reachable(cfg.data.data_dir, cfg.get("init_from"), cfg.get("resume"))
     if check_model:
         rundir.check_same_model(cfg, FLAGS.workdir)
     return cfg

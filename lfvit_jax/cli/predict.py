@@ -8,7 +8,6 @@ results go to predictions.jsonl and predictions.npz in a new WORKDIR/predictions
   lfvit predict --config lfvit_deit_s:res=224,m=5 --config.init_from=lfvit_s224.pth \
       --workdir out --input photos/
 """
-import json
 import sys
 
 from absl import flags
@@ -40,19 +39,15 @@ def define_flags(fv):
                       "run both stages on every image and also save its focus logits", **d)
     flags.DEFINE_string("save_overlays", None, "also write one PNG per image to this folder: the "
                         "region and the refined tokens over the input, and the prediction", **d)
+    flags.DEFINE_bool("quiet", False, "no line per image (the summary still prints)", **d)
 
 
 def main(FLAGS, overrides, args):
     del args
-    config = evaluate.job_config(FLAGS, overrides)
+    config = evaluate.job_config(FLAGS, overrides, *FLAGS.input, FLAGS.output,
+                                 FLAGS.save_overlays)
     summary = predict.predict_checkpoint(
         config, FLAGS.workdir, FLAGS.input, FLAGS.threshold, FLAGS.batch_size, FLAGS.output,
-        FLAGS.overwrite, FLAGS.save_logits, FLAGS.save_overlays, FLAGS.checkpoint)
-    exited = (f", {100 * summary['exited_fraction']:.1f}% exited after localization"
-              if "exited_fraction" in summary else "")
-    print(f"Predicted {summary['predicted']} of {summary['images']} images ("
-          f"{summary['skipped']} unreadable, {summary['nonfinite']} with non-finite outputs)"
-          f"{exited}, {summary['img_per_sec']:.1f} img/s; results in {summary['out_dir']}")
-    print(json.dumps(summary), flush=True)
+        FLAGS.overwrite, FLAGS.save_logits, FLAGS.save_overlays, FLAGS.checkpoint, FLAGS.quiet)
     if summary["predicted"] == 0:
         sys.exit("No image could be classified; see the reasons above.")

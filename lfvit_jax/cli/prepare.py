@@ -68,6 +68,7 @@ def main(FLAGS, overrides, args):
     flag, what = NEEDS.get(command, (None, None))
     if flag and not FLAGS[flag].value:
         raise UsageError(f"{command} needs --{flag}: {what}.")
+    storage.check_reachable(FLAGS.data_dir, FLAGS.source)
     logging.basicConfig(level=logging.INFO)
     data_dir = pipeline.data_dir(ml_collections.ConfigDict({"data_dir": FLAGS.data_dir}))
     if command == "copy":

@@ -116,8 +116,8 @@ def predict(model, variables, inputs, data_cfg, out_dir, threshold, batch_size=3
     task = tasks.for_model(model)
     files, ignored = list_inputs(inputs)
     if ignored and first:
-        log.warning("Ignored %d files in the input folders that are not images (.npz files are "
-                    "read when given by name): %s", len(ignored), ", ".join(ignored))
+        log.warning("Ignored %s in the input folders that are not images (.npz files are read "
+                    "when given by name): %s", _count(len(ignored), "file"), ", ".join(ignored))
     devices = 1 if sharding is None else sharding.mesh.size
     if not any(f.endswith(".npz") for f in files):  # a few images: no batch of padding
         batch_size = min(batch_size, -(-len(files) // devices) * devices)

@@ -118,15 +118,13 @@ def output_folder(path, overwrite=False):
 
 
 def check_writable(path, fix):
-    """Process 0 writes and removes a probe file in `path` or its nearest existing parent, so that
-    a read-only destination fails before any compute and nothing is left behind; `fix` says how
-    to get round it."""
-    if jax.process_index() != 0:
-        return
+    """Writes and removes a probe file in `path` or its nearest existing parent, so that a
+    read-only destination fails before any compute and nothing is left behind; `fix` says how to
+    get round it. Every process checks (its own probe), so all of them stop together."""
     folder = epath.Path(path)
     while not folder.exists() and folder.parent != folder:
         folder = folder.parent
-    probe = folder / ".lfvit_write_probe"
+    probe = folder / f".lfvit_write_probe_{jax.process_index()}"
     try:
         probe.write_text("")
         probe.unlink()
