@@ -63,7 +63,7 @@ def test_every_command_answers_help(command, flag):
     assert status == 0 and not err
     assert out.startswith(f"usage: lfvit {command}")
     listed = set(re.findall(r"^  --(\w+)", out, re.M))
-    fv = cli.app.new_flags(cli.COMMANDS[command])
+    fv = cli.app.new_flags(cli.command(command))
     assert {fv[name].name for name in fv} <= listed  # every flag, with its line of help
 
 

@@ -6,6 +6,8 @@ from lfvit_jax.core import config_args, parallel
 from lfvit_jax.core.errors import UsageError
 from lfvit_jax.io import rundir, storage
 
+PRECISIONS = ("float32", "bfloat16")
+
 
 def define_flags(fv, config_help):
     d = dict(flag_values=fv)
@@ -52,4 +54,24 @@ def config(FLAGS, overrides, check_model=False):
     storage.check_reachable(cfg.data.data_dir, cfg.get("init_from"), cfg.get("resume"))
     if check_model:
         rundir.check_same_model(cfg, FLAGS.workdir)
+    return cfg
+
+
+def define_checkpoint_flags(fv):
+    d = dict(flag_values=fv)
+    flags.DEFINE_string("checkpoint", "latest", "'latest' (the newest intact step), 'best' (the "
+                        "best/ item, picked on the evaluation split) or a step number", **d)
+    flags.DEFINE_enum("precision", "float32", PRECISIONS, "operands of every matmul; bfloat16 "
+                      "accumulates in float32 and keeps LayerNorm, softmax, GELU, the region "
+                      "choice and the exit decision in float32", **d)
+
+
+def eval_config(FLAGS, overrides, *paths):
+    """The config of an eval or predict job (its `paths` checked first), at --precision."""
+    if FLAGS.checkpoint not in ("latest", "best") and not FLAGS.checkpoint.isdigit():
+        raise UsageError(f"--checkpoint={FLAGS.checkpoint} is not 'latest', 'best' or a step "
+                         "number.")
+    start(FLAGS, *paths)
+    cfg = config(FLAGS, overrides, check_model=True)
+    cfg.precision = FLAGS.precision
     return cfg

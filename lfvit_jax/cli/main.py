@@ -1,17 +1,23 @@
 """`lfvit COMMAND [flags]`: the console script. `lfvit COMMAND --help` lists a command's flags."""
+import importlib
 import sys
 
-from lfvit_jax.cli import app, convert, evaluate, figures, flops, match, predict, prepare, train
+from lfvit_jax.cli import app
 
-COMMANDS = {"train": train, "eval": evaluate, "predict": predict, "flops": flops,
-            "convert": convert, "figures": figures, "match": match, "prepare": prepare}
+# Command name -> its module in lfvit_jax.cli, imported when run: a command loads only its own job.
+COMMANDS = {"train": "train", "eval": "evaluate", "predict": "predict", "flops": "flops",
+            "convert": "convert", "figures": "figures", "match": "match", "prepare": "prepare"}
+
+
+def command(name):
+    return importlib.import_module(f"lfvit_jax.cli.{COMMANDS[name]}")
 
 
 def usage():
     width = max(map(len, COMMANDS))
     lines = ["usage: lfvit COMMAND [flags]   (lfvit COMMAND --help: its flags)", "", "commands:"]
-    for name, command in COMMANDS.items():
-        lines.append(f"  {name:{width}}  {command.__doc__.strip().splitlines()[0]}")
+    for name in COMMANDS:
+        lines.append(f"  {name:{width}}  {command(name).__doc__.strip().splitlines()[0]}")
     return "\n".join(lines)
 
 
@@ -24,7 +30,7 @@ def run(argv):
         print(f"Error: unknown command {argv[1]!r}; one of {', '.join(COMMANDS)}.\n\n{usage()}",
               file=sys.stderr)
         return 2
-    return app.run(COMMANDS[argv[1]], [f"lfvit {argv[1]}"] + list(argv[2:]))
+    return app.run(command(argv[1]), [f"lfvit {argv[1]}"] + list(argv[2:]))
 
 
 def main():

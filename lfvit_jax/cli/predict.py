@@ -12,7 +12,7 @@ import sys
 
 from absl import flags
 
-from lfvit_jax.cli import evaluate, jobs
+from lfvit_jax.cli import jobs
 from lfvit_jax.inference import predict
 
 CONFIG = True
@@ -26,7 +26,7 @@ def define_flags(fv):
     flags.DEFINE_multi_string("input", None, "image files, folders of images, or .npz files "
                               "with a normalized float32 'images' array (N, S, S, 3)",
                               **d)
-    evaluate.define_checkpoint_flags(fv)
+    jobs.define_checkpoint_flags(fv)
     flags.DEFINE_float("threshold", 0.76, "exit after localization when its top softmax "
                        "probability is at least this (1 sends every image to the focus stage)",
                        lower_bound=0.0, upper_bound=1.0, **d)
@@ -44,8 +44,7 @@ def define_flags(fv):
 
 def main(FLAGS, overrides, args):
     del args
-    config = evaluate.job_config(FLAGS, overrides, *FLAGS.input, FLAGS.output,
-                                 FLAGS.save_overlays)
+    config = jobs.eval_config(FLAGS, overrides, *FLAGS.input, FLAGS.output, FLAGS.save_overlays)
     summary = predict.predict_checkpoint(
         config, FLAGS.workdir, FLAGS.input, FLAGS.threshold, FLAGS.batch_size, FLAGS.output,
         FLAGS.overwrite, FLAGS.save_logits, FLAGS.save_overlays, FLAGS.checkpoint, FLAGS.quiet)
