@@ -3,7 +3,7 @@ compilation cache) and warm (the cache the cold run filled), and where the time 
 
 Makes, once, random weights in the official release's layout (an .npz of the PyTorch names:
 LF-ViT with a DeiT-S backbone, 224 px, m=5) and `--images` JPEGs of 500x375, then runs in turn
-for `--rounds` rounds: `python main.py --mode predict` (the command line, whole) and a process
+for `--rounds` rounds: `lfvit predict` (the command line, whole) and a process
 that runs the same job through the library and reports its split (imports, loading, compile,
 compute). Each round uses a new cache folder: its first run is cold, its second warm. Medians are
 printed, then a JSON line.
@@ -11,7 +11,6 @@ printed, then a JSON line.
   python benchmarks/predict_cold_start.py                  # 20 JPEGs, 3 rounds
   python benchmarks/predict_cold_start.py --rounds 5 --dir /tmp/cold_start
 """
-import argparse
 import json
 import os
 import shutil
@@ -21,9 +20,17 @@ import sys
 import tempfile
 import time
 
+from absl import app, flags
+
+flags.DEFINE_string("dir", os.path.join(tempfile.gettempdir(), "lfvit_cold_start"),
+                    "folder for the weights, the JPEGs and the runs")
+flags.DEFINE_integer("images", 20, "JPEGs to classify")
+flags.DEFINE_integer("rounds", 3, "rounds of a cold and a warm run each (medians reported)")
+flags.DEFINE_list("child", None, "internal: WEIGHTS,JPEGS,OUT,CACHE of a library run")
+FLAGS = flags.FLAGS
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-CONFIG = "lfvit_deit_s.py:res=224,m=5"
+CONFIG = "lfvit_deit_s:res=224,m=5"
 
 
 def make_inputs(folder, images):
@@ -99,49 +106,43 @@ def timed(args, env):
     return time.perf_counter() - start, out.stdout
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--dir", default=os.path.join(tempfile.gettempdir(), "lfvit_cold_start"))
-    parser.add_argument("--images", type=int, default=20)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.child:
-        return child(*args.child)
-    os.makedirs(args.dir, exist_ok=True)
-    weights, jpegs = make_inputs(args.dir, args.images)
+def main(argv):
+    del argv
+    if FLAGS.child:
+        return child(*FLAGS.child)
+    os.makedirs(FLAGS.dir, exist_ok=True)
+    weights, jpegs = make_inputs(FLAGS.dir, FLAGS.images)
     env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
     env.pop("JAX_COMPILATION_CACHE_DIR", None)
     runs = {f"{kind}_{temp}": [] for kind in ("cli", "library") for temp in ("cold", "warm")}
     splits = {k: [] for k in runs if k.startswith("library")}
-    for r in range(args.rounds):
+    for r in range(FLAGS.rounds):
         for kind in ("cli", "library"):
-            cache = tempfile.mkdtemp(prefix="jax_cache_", dir=args.dir)
+            cache = tempfile.mkdtemp(prefix="jax_cache_", dir=FLAGS.dir)
             for temp in ("cold", "warm"):
-                out = tempfile.mkdtemp(prefix="out_", dir=args.dir)
-                if kind == "cli":  # main.py reads the cache settings from the environment
+                out = tempfile.mkdtemp(prefix="out_", dir=FLAGS.dir)
+                if kind == "cli":
                     seconds, _ = timed(
-                        [sys.executable, "main.py", "--mode=predict", f"--config=configs/{CONFIG}",
-                         f"--config.init_from={weights}", f"--workdir={out}/no_run",
-                         f"--input={jpegs}", f"--output={out}/preds"],
-                        dict(env, JAX_COMPILATION_CACHE_DIR=cache,
-                             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0"))
+                        [sys.executable, "-m", "lfvit_jax.cli.main", "predict",
+                         f"--config={CONFIG}", f"--config.init_from={weights}",
+                         f"--workdir={out}/no_run", f"--input={jpegs}", f"--output={out}/preds",
+                         f"--compilation_cache={cache}", "--quiet"], env)
                 else:
-                    seconds, stdout = timed([sys.executable, __file__, "--child", weights, jpegs,
-                                             out, cache], env)
+                    seconds, stdout = timed([sys.executable, __file__,
+                                             f"--child={weights},{jpegs},{out},{cache}"], env)
                     splits[f"{kind}_{temp}"].append(json.loads(stdout.splitlines()[-1]))
                 runs[f"{kind}_{temp}"].append(seconds)
                 shutil.rmtree(out)
             shutil.rmtree(cache)
     with open("/proc/cpuinfo") as f:
         cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
-    result = {"cpu": cpu, "cores": os.cpu_count(), "images": args.images, "rounds": args.rounds,
+    result = {"cpu": cpu, "cores": os.cpu_count(), "images": FLAGS.images, "rounds": FLAGS.rounds,
               "date": time.strftime("%Y-%m-%d"), "loadavg_after": os.getloadavg()[0],
               **{f"{k}_s": statistics.median(v) for k, v in runs.items()}}
     for name, rows in splits.items():
         for key in rows[0]:
             result[f"{name}_{key}"] = statistics.median(row[key] for row in rows)
-    print(f"{cpu}, {os.cpu_count()} cores, {args.images} JPEGs, median of {args.rounds} rounds")
+    print(f"{cpu}, {os.cpu_count()} cores, {FLAGS.images} JPEGs, median of {FLAGS.rounds} rounds")
     for name in runs:
         line = f"  {name:13s} {result[f'{name}_s']:5.1f} s wall"
         if name in splits:
@@ -153,4 +154,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    app.run(main)
