@@ -108,7 +108,7 @@ class DeiTTask(Task):
 class LFViTTask(Task):
     name, model_class = "lfvit", LFViT
     own_fields = ("region_size", "alpha", "beta", "gca_blocks", "region_method", "fusion",
-                  "reuse_tokens")
+                  "reuse_tokens", "whole_pos_embed")
 
     @property
     def grid(self):
