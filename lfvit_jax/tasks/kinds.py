@@ -62,6 +62,11 @@ class Task:
         """(state_dict, prefixes of Flax paths that may stay freshly initialised)."""
         return sd, ()
 
+    def idle_params(self, phase):
+        """Top-level parameters the phase's loss does not reach; the optimizer leaves them alone,
+        as torch does a parameter whose gradient is None."""
+        return ()
+
     def record(self, out, k):
         """Sample k's prediction: its class and confidence, from a predictor's host outputs."""
         logits = out["logits"][k].astype(np.float64)
@@ -117,6 +122,11 @@ class LFViTTask(Task):
     def phase(self, step, selection_start):
         """The focus stage sees the whole fine image until selection starts, then its region."""
         return "whole" if step < selection_start else "region"
+
+    def idle_params(self, phase):
+        if phase == "whole" and not self.model.whole_pos_embed:
+            return ("pos_embed_list_1",)  # the release trains it only once selection starts
+        return ()
 
     def describe(self, selection_start):
         return f"LF-ViT (region selection from step {selection_start})"

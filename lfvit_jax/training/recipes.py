@@ -27,6 +27,8 @@ def deit_training(config, *, total_epochs=300, selection_start_epoch=231):
     # Whole-image focus before this epoch, NGCA region selection from it (release: 231 of 300).
     config.selection_start_epoch = float(selection_start_epoch)
     config.update(lr=5e-4, warmup_lr=1e-6, min_lr=1e-5, wd=0.05, adam_eps=1e-8)
+    # 'epoch': timm's cosine stepped after each epoch, as the release; 'step': per update (ours).
+    config.lr_schedule = "epoch"
     config.loss = "ce_kl"  # or 'ce_ce', the paper's ablation
     config.grad_accum = 1
     # Operands of every matmul in training and its evaluations (float32 accumulation; see

@@ -57,11 +57,10 @@ class Schedule:
             raise UsageError(f"config.batch_size={config.batch_size} exceeds the "
                              f"{train_examples} training examples.")
         self.steps_per_epoch = train_examples // config.batch_size
-        per_epoch = (config.total_steps / config.total_epochs if config.total_steps
-                     else self.steps_per_epoch)
-        to_steps = lambda epochs: int(round(epochs * per_epoch))
+        self.per_epoch = (config.total_steps / config.total_epochs if config.total_steps
+                          else self.steps_per_epoch)  # steps an epoch, for the lr schedule
+        to_steps = lambda epochs: int(round(epochs * self.per_epoch))
         self.total = max(to_steps(config.total_epochs), 1)
-        self.warmup = to_steps(config.warmup_epochs)
         self.selection_start = to_steps(config.selection_start_epoch)
         self.eval_every = max(to_steps(config.eval_every_epochs), 1)
 
@@ -72,6 +71,7 @@ def make_train_step(task, tx, lr_fn, config, mesh, state_shardings, phase):
     accum = config.grad_accum
     base_key = jax.random.key(config.seed)
     batch_spec = parallel.batch_sharding(mesh)
+    idle = task.idle_params(phase)
 
     def loss_fn(params, images, targets, rng):
         out = task.forward(params, images, train=True, phase=phase, rng=rng)
@@ -99,7 +99,7 @@ def make_train_step(task, tx, lr_fn, config, mesh, state_shardings, phase):
                 grad_fn, state["params"], batch["image"][:1], batch["label"][:1], rng))
             total, _ = jax.lax.scan(body, zeros, (jnp.arange(accum), micro))
             ((loss, terms), grads) = jax.tree.map(lambda x: x / accum, total)
-        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"], idle=idle)
         params = optax.apply_updates(state["params"], updates)
         new = {"step": state["step"] + 1, "params": params, "opt_state": opt_state}
         if "ema" in state:
@@ -129,8 +129,8 @@ class Setup:
         parallel.check_batch(config.eval_batch_size, self.mesh, name="config.eval_batch_size")
         self.task = tasks.build(model_cfg, config.precision)
         self.schedule = Schedule(config, info["train_examples"])
-        self.lr_fn = optim.schedule(config, self.schedule.total, self.schedule.warmup)
-        self.tx = optim.optimizer(config, self.schedule.total, self.schedule.warmup)
+        self.lr_fn = optim.schedule(config, self.schedule.per_epoch)
+        self.tx = optim.optimizer(config, self.lr_fn)
         self.abstract_state = jax.eval_shape(self._init_state, jax.random.key(0))
         self.shardings = parallel.state_shardings(self.abstract_state, self.mesh,
                                                   config.param_sharding)
