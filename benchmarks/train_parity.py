@@ -69,7 +69,7 @@ def our_config(run, weights=WEIGHTS, overrides=()):
                           selection_start_epoch=run["selection_start"] / spe)
     config.update(batch_size=run["batch"], eval_batch_size=run["batch"],
                   warmup_epochs=float(run["warmup_epochs"]), lr=run["peak_lr"] * 512 / run["batch"],
-                  compute_dtype="float32", init_from=weights)
+                  precision="float32", init_from=weights)
     for item in overrides:  # 'key=value' or 'model.key=value', value a Python literal
         key, value = item.split("=", 1)
         *parents, leaf = key.split(".")
