@@ -8,6 +8,8 @@ import jax.numpy as jnp
 import optax
 from flax import traverse_util
 
+from lfvit_jax.core.errors import UsageError
+
 # Parameters DeiT does not decay besides 1-D ones (biases, norm scales). The release decays both
 # positional embeddings (they are not on timm's no_weight_decay list there), so they stay decayed.
 NO_DECAY_NAMES = ("cls_token",)
@@ -45,7 +47,7 @@ def schedule(config, steps_per_epoch):
     fractional epoch, without the staircase and its one-epoch lag.
     """
     if config.lr_schedule not in LR_SCHEDULES:
-        raise ValueError(f"config.lr_schedule={config.lr_schedule!r} is not one of "
+        raise UsageError(f"config.lr_schedule={config.lr_schedule!r} is not one of "
                          f"{LR_SCHEDULES}.")
     if config.lr_schedule == "step":
         return lambda step: timm_cosine(config, jnp.asarray(step, jnp.float32) / steps_per_epoch)
