@@ -3,10 +3,13 @@
 Arguments: res=224|288 (any multiple of 32 works), m=<region side in coarse tokens>, runlocal.
 
   lfvit train --config lfvit_deit_s:res=224,m=5 --workdir workdirs/lfvit_s224
-  lfvit train --config lfvit_deit_s:res=288,m=6 --workdir workdirs/lfvit_s288 \
-      --config.init_from=deit_small_patch16_224.pth
+  lfvit train --config lfvit_deit_s:res=288,m=5 --workdir workdirs/lfvit_s288
   lfvit train --config lfvit_deit_s:runlocal --workdir /tmp/lfvit_runlocal
   lfvit flops --config lfvit_deit_s:res=224,m=5
+
+The release trains both resolutions from scratch, and at 288 with m = 5 too (its constructor sets
+region_size 5 for every image size but 224). Starting from a timm DeiT-S checkpoint
+(--config.init_from=deit_small_patch16_224.pth) is an option of ours, not the release's recipe.
 """
 import ml_collections
 

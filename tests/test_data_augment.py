@@ -169,9 +169,12 @@ def test_rand_augment_parse_and_ops():
     x = np.asarray(img).astype(int)
     np.testing.assert_array_equal(
         np.asarray(randaugment.OPS["Invert"](img, 9, rng, ctx)), 255 - x)
-    # Posterize at magnitude 10 keeps 0 bits... timm's increasing form: 4 - int(m / 10 * 4).
+    # timm's increasing form keeps 4 - int(m / 10 * 4) bits: 2 at magnitude 5, none (black, as
+    # the Pillow of the release's time computed it) at 10, which N(9, 0.5) reaches.
     np.testing.assert_array_equal(
         np.asarray(randaugment.OPS["PosterizeIncreasing"](img, 5.0, rng, ctx)), x & 0b11000000)
+    np.testing.assert_array_equal(
+        np.asarray(randaugment.OPS["PosterizeIncreasing"](img, 10.0, rng, ctx)), 0 * x)
     np.testing.assert_array_equal(
         np.asarray(randaugment.OPS["SolarizeAdd"](img, 10.0, rng, ctx)),
         np.where(x < 128, np.minimum(x + 110, 255), x))

@@ -115,15 +115,17 @@ def test_train_state_restore_continues_identical_stream(fake_tfds):
 
 
 @pytest.mark.parametrize("process_count", [1, 2, 3])
-def test_train_shards_disjoint_and_complete(process_count):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_train_shards_disjoint_and_complete(process_count, workers):
     n = 12
-    sampler = pipeline.TrainSampler(n, process_count, seed=0)
+    sampler = pipeline.TrainSampler(n, 6, process_count, workers, seed=0)
     shards = [[sampler.record_key(i * process_count + p) for i in range(n // process_count)]
               for p in range(process_count)]
     flat = sum(shards, [])
     assert len(set(flat)) == len(flat) == n  # disjoint, and together every record
     next_epoch = [sampler.record_key(n + i) for i in range(n)]
     assert sorted(next_epoch) == list(range(n)) and next_epoch != flat[:n]
+    assert sorted(map(sampler.slot, range(4 * n))) == list(range(4 * n))
 
 
 def test_train_iterators_of_two_processes_split_each_epoch(fake_tfds):
@@ -142,13 +144,52 @@ def test_train_iterators_of_two_processes_split_each_epoch(fake_tfds):
     assert not np.array_equal(epochs[0][0], epochs[0][1])  # reshuffled each epoch
 
 
-def test_repeated_augmentation_spreads_copies_over_processes():
-    sampler = pipeline.TrainSampler(12, 3, seed=0, repeats=3)
-    epoch = [sampler.record_key(i) for i in range(12)]
-    assert all(epoch[3 * k] == epoch[3 * k + 1] == epoch[3 * k + 2] for k in range(4))
+def test_repeated_augmentation_as_the_releases_sampler():
+    """RASampler: [a, a, a, b, b, b, ...] per epoch; rank p takes slots p, p + P, ... Here 14
+    records, global batch 6 on 3 processes: 2 steps (12 slots, 4 images) an epoch."""
+    sampler = pipeline.TrainSampler(14, 6, 3, workers=0, seed=0, repeats=3)
+    slots = [sampler.record_key(i) for i in range(24)]  # position = slot without workers
+    for epoch in (slots[:12], slots[12:]):
+        assert all(epoch[3 * k] == epoch[3 * k + 1] == epoch[3 * k + 2] for k in range(4))
+        assert len(set(epoch)) == 4
     # Position i goes to process i % 3: the three copies of a record land on three processes.
-    assert len(set(epoch)) == 4
     assert sampler[0].rng.uniform() != sampler[1].rng.uniform()  # but augment differently
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("process_count,workers", [(2, 2), (3, 3), (1, 4)])
+def test_repeated_copies_share_a_global_batch_with_workers(fake_tfds, process_count, workers):
+    """A real pipeline with grain workers: every step's global batch holds each of its images
+    three times (on different processes where there are several), no image is in two steps of
+    an epoch, the batches are the inline pipeline's, and the stream resumes exactly."""
+    cfg = _identity_cfg(mixup=0.0, cutmix=0.0, rand_augment="", color_jitter=0.0, reprob=0.0,
+                        random_resized_crop=False, repeated_aug=3, workers=workers)
+    inline_cfg = cfg.copy_and_resolve_references()
+    inline_cfg.workers = 0
+
+    def iterators(c):
+        return [pipeline.train_iterator(c, 12, seed=0, process_index=p,
+                                        process_count=process_count)
+                for p in range(process_count)]
+    its, inline = iterators(cfg), iterators(inline_cfg)
+    steps = []  # 40 records // 12: 3 steps an epoch, 4 images x 3 copies each
+    for _ in range(6):
+        batches = [next(it) for it in its]
+        for b, it in zip(batches, inline):
+            np.testing.assert_array_equal(b["image"], next(it)["image"])
+        ids = [_ids(b) for b in batches]
+        counts = np.bincount(np.concatenate(ids), minlength=40)
+        assert sorted(counts[counts > 0]) == [3] * 4
+        if process_count == 3:  # the copies of an image are on three processes
+            assert all(len(set(i)) == 4 for i in ids)
+        steps.append(set(np.concatenate(ids)))
+    for epoch in (steps[:3], steps[3:]):
+        assert len(set.union(*epoch)) == 12
+    state = its[0].get_state()
+    want = next(its[0])["image"]
+    resumed = iterators(cfg)[0]
+    resumed.set_state(state)
+    np.testing.assert_array_equal(next(resumed)["image"], want)
 
 
 def test_corrupt_images_skipped_or_fatal(fake_tfds, caplog):
@@ -287,23 +328,21 @@ def test_to_global_builds_data_parallel_arrays():
 
 
 @pytest.mark.slow
-def test_grain_workers_batch_the_same_examples_and_resume(mnist_cfg):
-    """Each grain worker builds whole batches from every other position, so with 2 workers the
-    first two batches hold the same examples as inline, in another order; a restored state
-    continues the 2-worker stream exactly (grain refuses a state from another worker count)."""
-    def sorted_examples(batches):
-        flat = np.concatenate([b["image"] for b in batches]).reshape(8, -1)
-        return flat[np.lexsort(flat.T[::-1])]
-
+def test_grain_workers_give_the_inline_batches_and_resume(mnist_cfg):
+    """Each grain worker builds whole batches from every other position; the sampler maps the
+    positions so that the batches (examples, order and augmentation) are the inline ones. A
+    restored state continues the 2-worker stream exactly (grain refuses a state from another
+    worker count)."""
     inline = pipeline.train_iterator(mnist_cfg, 4, seed=1)
     cfg = mnist_cfg.copy_and_resolve_references()
     cfg.workers = 2
-    parallel = pipeline.train_iterator(cfg, 4, seed=1)
-    first = [next(parallel) for _ in range(2)]
-    np.testing.assert_array_equal(sorted_examples(first),
-                                  sorted_examples([next(inline) for _ in range(2)]))
-    state = parallel.get_state()
-    expected = [next(parallel)["image"] for _ in range(2)]
+    pooled = pipeline.train_iterator(cfg, 4, seed=1)
+    for _ in range(3):
+        got, want = next(pooled), next(inline)
+        np.testing.assert_array_equal(got["image"], want["image"])
+        np.testing.assert_array_equal(got["label"], want["label"])
+    state = pooled.get_state()
+    expected = [next(pooled)["image"] for _ in range(2)]
     resumed = pipeline.train_iterator(cfg, 4, seed=1)
     resumed.set_state(state)
     for want in expected:

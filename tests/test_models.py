@@ -52,16 +52,24 @@ def test_reuse_tokens_off_drops_only_the_coarse_tokens(images, base):
     np.testing.assert_array_equal(short, tokens[:, :1 + 4 * k])
 
 
-def test_whole_mode_is_deit_on_the_fine_grid(images, base):
+@pytest.mark.parametrize("whole_pos_embed", [False, True])
+def test_whole_mode_is_deit_on_the_fine_grid(images, base, whole_pos_embed):
+    """Without fusion, the whole-image focus stage is a DeiT on the fine grid: without position
+    embeddings as the release has it, with pos_embed_list_1 under `whole_pos_embed`."""
     variables, _, _ = base
     params = dict(variables["params"])
-    _, out, tokens = run(LFViT(**TINY, fusion=False), images, variables, focus="whole")
+    model = LFViT(**TINY, fusion=False, whole_pos_embed=whole_pos_embed)
+    _, out, tokens = run(model, images, variables, focus="whole")
     assert tokens.shape[1] == 1 + 64
-    params["pos_embed"] = params.pop("pos_embed_list_1")
+    pos = params.pop("pos_embed_list_1")
+    params["pos_embed"] = pos if whole_pos_embed else jnp.zeros_like(pos)
     del params["pos_embed_list_0"], params["reuse_block_0"], params["reuse_block_1"]
     deit = DeiT(**{k: v for k, v in TINY.items() if k != "region_size"})
     logits = deit.apply({"params": params}, images)["logits"]
     np.testing.assert_allclose(out["focus_logits"], logits, atol=1e-5)
+    # The region phase adds the position embeddings either way.
+    _, region, _ = run(LFViT(**TINY, whole_pos_embed=whole_pos_embed), images, variables)
+    np.testing.assert_array_equal(region["focus_logits"], base[1]["focus_logits"])
 
 
 @pytest.mark.parametrize("method", selection.REGION_METHODS)

@@ -79,7 +79,8 @@ def test_deit_state_dict_at_another_resolution(tmp_path, state_dict):
 def test_deit_state_dict_as_deit(tmp_path, state_dict, images):
     sd = deit_state_dict(state_dict)
     model, variables = load_pretrained(save_npz(tmp_path, sd), num_heads=3, name="deit")
-    lf_model, lf_vars = load_pretrained(WEIGHTS, num_heads=3, fusion=False)
+    # The DeiT's pos_embed is pos_embed_list.1, which only this option adds in the whole phase.
+    lf_model, lf_vars = load_pretrained(WEIGHTS, num_heads=3, fusion=False, whole_pos_embed=True)
     logits = model.apply(variables, images)["logits"]
     whole = lf_model.apply(lf_vars, images, focus="whole")["focus_logits"]
     np.testing.assert_allclose(logits, whole, atol=1e-5)

@@ -78,3 +78,21 @@ def test_guards():
     config.model.num_classes = 10
     with pytest.raises(ValueError, match="num_classes=10 but the dataset has num_classes=4"):
         trainer.Setup(config, train_fakes.get_dataset_info(config.data))
+
+
+def test_eval_before_selection_focuses_on_the_whole_image():
+    """As the release: an evaluation after an epoch of the whole-image phase runs the focus stage
+    on the whole image, from the first epoch with selection on the region (4 steps an epoch,
+    selection from step 8)."""
+    config = train_fakes.tiny_config(eval_batch_size=8)
+    dataset = train_fakes.Dataset(config.data)
+    setup = trainer.Setup(config, dataset.info)
+    assert [setup.eval_phase(s) for s in (4, 8, 9, 12)] == ["whole", "whole", "region", "region"]
+    state = setup.scratch_state()
+    batch = next(dataset.eval_iterator(8))
+    for step, phase in ((8, "whole"), (12, "region")):
+        arrays, summary, _ = trainer.run_eval(setup, dict(state, step=np.int32(step)), dataset)
+        want = setup.task.eval_outputs(state["params"], batch["image"], phase=phase)
+        np.testing.assert_allclose(arrays["focus_probs"][:8], want["focus_probs"], atol=1e-6)
+        assert summary["stage12_gflops"] == setup.task.flops(phase)["stage12_gflops"]
+    assert setup.task.flops("whole")["stage12_gflops"] > setup.task.flops()["stage12_gflops"]

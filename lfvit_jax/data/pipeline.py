@@ -1,9 +1,10 @@
 """tfds (array_record) -> grain input pipelines for training and evaluation, without TensorFlow.
 
-Training: each process reads its shard of a per-epoch shuffled, endlessly repeated order. Every
-random choice derives from (seed, global position), so the grain iterator state (the position) is
-all a checkpoint needs to resume the exact stream. grain workers group the same examples into
-batches differently, so a state saved under another worker count is rejected. Evaluation: the split
+Training: the release's repeated-augmentation stream (a per-epoch shuffled order, repeated
+forever), each process reading its part of every global batch. Every random choice derives from
+(seed, stream position), so the grain iterator state (the position) is all a checkpoint needs to
+resume the exact stream; grain rejects a state saved under another worker count (its positions
+map to other batches). Evaluation: the split
 is padded to whole global batches, process p takes positions p, p + P, ...; padding has _mask False.
 """
 import io
@@ -145,28 +146,48 @@ def _check_label(label, num_classes, where):
 
 
 class TrainSampler:
-    """Per-epoch shuffled order, repeated forever, with DeiT's repeated augmentation: position g
-    is in epoch g // E, E = (N // P) * P, and holds record perm[(g mod E) // repeats]; process p
-    gets the positions = p (mod P). With repeats = 3 every epoch shows N / 3 distinct images three
-    times, copies landing on different processes, as DeiT's RASampler does."""
+    """The release's RASampler layout over grain's positions, for any process and worker count.
 
-    def __init__(self, num_records, process_count, seed, repeats=1):
-        if num_records < process_count:
-            raise ValueError(f"{num_records} records cannot feed {process_count} processes.")
-        self.num_records, self.process_count = num_records, process_count
+    The release's stream: each epoch a fresh permutation, each image repeated `repeats` times in
+    a row ([a, a, a, b, b, b, ...]), cut to whole global batches of G; step k takes slots
+    k G .. k G + G - 1 and process p of P the slots = p (mod P) among them, so an image's copies
+    share a step, on different processes. grain gives process p the positions = p (mod P), and with
+    W workers, worker w every W-th of those, each worker batching B = G / P of its own in turn
+    (local batch k from worker k mod W). Position g is mapped to the slot that lands where the
+    release puts it, and draws its augmentation from (seed, slot): the batches are the same for
+    any W. (A skipped corrupt image shifts that worker's later examples by one.)
+    """
+
+    def __init__(self, num_records, global_batch, process_count, workers, seed, repeats=1):
+        if num_records < global_batch:
+            raise ValueError(f"{num_records} records cannot fill a global batch of "
+                             f"{global_batch}.")
+        self.num_records, self.global_batch = num_records, global_batch
+        self.process_count, self.workers = process_count, workers
         self.seed, self.repeats = int(seed), int(repeats)
-        self.epoch_length = num_records // process_count * process_count
+        self.local_batch = global_batch // process_count
+        self.epoch_length = num_records // global_batch * global_batch  # whole steps, as drop_last
         self._perm_epoch, self._perm = None, None
 
     def __repr__(self):  # grain checks a restored iterator state against repr(sampler)
-        return (f"TrainSampler(num_records={self.num_records}, process_count="
-                f"{self.process_count}, seed={self.seed}, repeats={self.repeats})")
+        return (f"TrainSampler(num_records={self.num_records}, global_batch={self.global_batch}, "
+                f"process_count={self.process_count}, workers={self.workers}, seed={self.seed}, "
+                f"repeats={self.repeats})")
 
     def __len__(self):
         return sys.maxsize
 
+    def slot(self, index):
+        """The release's stream position of grain position `index`."""
+        process, local = index % self.process_count, index // self.process_count
+        workers = max(self.workers, 1)
+        worker, j = local % workers, local // workers
+        turn, row = divmod(j, self.local_batch)
+        step = turn * workers + worker
+        return step * self.global_batch + row * self.process_count + process
+
     def record_key(self, index):
-        epoch, position = divmod(index, self.epoch_length)
+        epoch, position = divmod(self.slot(index), self.epoch_length)
         if epoch != self._perm_epoch:
             rng = np.random.default_rng([self.seed, epoch, 0x5EED])
             self._perm, self._perm_epoch = rng.permutation(self.num_records), epoch
@@ -174,7 +195,7 @@ class TrainSampler:
 
     def __getitem__(self, index):
         return grain.RecordMetadata(index=index, record_key=self.record_key(index),
-                                    rng=np.random.default_rng([self.seed, index]))
+                                    rng=np.random.default_rng([self.seed, self.slot(index)]))
 
 
 class EvalSampler:
@@ -376,7 +397,8 @@ def train_iterator(data_cfg, global_batch_size, *, seed, process_index=None, pro
         clutter_pool = np.stack([np.asarray(Image.open(io.BytesIO(r["image"])))
                                  for r in read_all(data_cfg, builder, data_cfg.train_split)])
     loader = _loader(
-        data_cfg, source, TrainSampler(len(source), process_count, seed, data_cfg.repeated_aug),
+        data_cfg, source, TrainSampler(len(source), global_batch_size, process_count,
+                                       data_cfg.workers, seed, data_cfg.repeated_aug),
         [TrainExample(data_cfg, num_classes, clutter_pool), NotCorrupt(),
          grain.Batch(local_batch, drop_remainder=True), MixBatch(data_cfg, num_classes)],
         process_index, process_count)

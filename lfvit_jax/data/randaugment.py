@@ -46,7 +46,10 @@ def _translate(horizontal):
 
 
 def _posterize(img, level, rng, ctx):
-    return ImageOps.posterize(img, 4 - int(level / _MAX_LEVEL * 4))
+    bits = 4 - int(level / _MAX_LEVEL * 4)
+    if bits == 0:  # level 10: the Pillow of timm 0.4.5 kept no bit (black); Pillow >= 10 refuses 0
+        return Image.new(img.mode, img.size)
+    return ImageOps.posterize(img, bits)
 
 
 def _solarize(img, level, rng, ctx):

@@ -2,6 +2,7 @@
 The task's summaries are computed from the per-example arrays, so a threshold sweep never runs the
 model again.
 """
+import functools
 import json
 
 import jax
@@ -19,9 +20,13 @@ from lfvit_jax.tasks import sweep
 from lfvit_jax.weights import loading
 
 
-def make_eval_step(task, param_shardings, mesh):
+def make_eval_step(task, param_shardings, mesh, phase=None):
+    """The jitted `task.eval_outputs`; `phase` chooses a training phase's forward (default: the
+    inference one)."""
     batch = parallel.batch_sharding(mesh)
-    return jax.jit(task.eval_outputs, in_shardings=(param_shardings, batch), out_shardings=batch)
+    outputs = task.eval_outputs if phase is None else functools.partial(task.eval_outputs,
+                                                                        phase=phase)
+    return jax.jit(outputs, in_shardings=(param_shardings, batch), out_shardings=batch)
 
 
 def run(eval_step, params, batches, mesh, preview=16):

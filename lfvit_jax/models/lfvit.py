@@ -61,6 +61,9 @@ class LFViT(VitTrunk):
     region_method: str = "ngca"
     fusion: bool = True  # reuse block + upsample of localization features into fine embeddings
     reuse_tokens: bool = True  # unkept coarse tokens join the focus sequence
+    # Our change, off by default: add pos_embed_list_1 to the whole-image focus sequence too. The
+    # release adds none there (it trains pos_embed_list_1 only once selection starts).
+    whole_pos_embed: bool = False
 
     # Derived sizes: Python ints, so every shape is static under jit.
     @property
@@ -150,8 +153,8 @@ class LFViT(VitTrunk):
         if mode not in FOCUS_MODES:
             raise ValueError(f"focus mode {mode!r} is not one of {FOCUS_MODES}.")
         b, h1 = images.shape[0], self.h1
-        cls = jnp.broadcast_to(self.cls_token + self.pos_embed_list_1[:, :1], (b, 1, self.width))
-        pos = self.pos_embed_list_1[0, 1:]
+        cls = jnp.broadcast_to(self.cls_token, (b, 1, self.width))
+        pos_cls, pos = self.pos_embed_list_1[:, :1], self.pos_embed_list_1[0, 1:]
         if mode == "whole":
             if loc.features is None:
                 raise ValueError("focus mode 'whole' needs every localization feature: call "
@@ -159,7 +162,8 @@ class LFViT(VitTrunk):
             fine = self.patch_embed(images)
             if self.fusion:
                 fine = fine + upsample2x(self._reuse(loc.features[:, 1:]), h1)
-            parts = [cls, fine + pos]
+            # The release adds no position embedding in this phase (nor to the cls token).
+            parts = [cls + pos_cls, fine + pos] if self.whole_pos_embed else [cls, fine]
         else:
             # Only the 4K selected fine tokens are embedded, and only their K parents go through
             # the reuse block: the same values as embedding everything and gathering after.
@@ -171,7 +175,7 @@ class LFViT(VitTrunk):
                 else:  # deferred: finish stage 1's last block for these K tokens only
                     kept = self.finish_tokens(loc.last_input, 1 + loc.coarse_index, train)
                 fine = fine + jnp.tile(self._reuse(kept), (1, 4, 1))  # quarters follow `kept`
-            parts = [cls, fine + pos[index]]
+            parts = [cls + pos_cls, fine + pos[index]]
             if self.reuse_tokens:
                 parts.append(take_tokens(loc.tokens[:, 1:], loc.rest_index))
         tokens = jnp.concatenate(parts, axis=1)

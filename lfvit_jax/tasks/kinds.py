@@ -62,6 +62,11 @@ class Task:
         """(state_dict, prefixes of Flax paths that may stay freshly initialised)."""
         return sd, ()
 
+    def idle_params(self, phase):
+        """Top-level parameters the phase's loss does not reach; the optimizer leaves them alone,
+        as torch does a parameter whose gradient is None."""
+        return ()
+
     def record(self, out, k):
         """Sample k's prediction: its class and confidence, from a predictor's host outputs."""
         logits = out["logits"][k].astype(np.float64)
@@ -86,7 +91,7 @@ class DeiTTask(Task):
         ce = objective.soft_cross_entropy(out["logits"], targets)
         return ce, {"ce": ce}
 
-    def eval_outputs(self, params, images):
+    def eval_outputs(self, params, images, phase="full"):
         return {"probs": _probs(self.forward(params, images, train=False)["logits"])}
 
     def flops(self):
@@ -95,7 +100,7 @@ class DeiTTask(Task):
     def flops_report(self, focus_mode="region"):
         return flops.deit_report(self.model)
 
-    def summarize(self, arrays, thresholds):
+    def summarize(self, arrays, thresholds, phase="full"):
         mask = arrays["_mask"].astype(bool)
         return {"model": self.name, "examples": int(mask.sum()),
                 "top1": _masked_mean(arrays["probs"].argmax(-1) == arrays["label"], mask),
@@ -108,7 +113,7 @@ class DeiTTask(Task):
 class LFViTTask(Task):
     name, model_class = "lfvit", LFViT
     own_fields = ("region_size", "alpha", "beta", "gca_blocks", "region_method", "fusion",
-                  "reuse_tokens")
+                  "reuse_tokens", "whole_pos_embed")
 
     @property
     def grid(self):
@@ -117,6 +122,11 @@ class LFViTTask(Task):
     def phase(self, step, selection_start):
         """The focus stage sees the whole fine image until selection starts, then its region."""
         return "whole" if step < selection_start else "region"
+
+    def idle_params(self, phase):
+        if phase == "whole" and not self.model.whole_pos_embed:
+            return ("pos_embed_list_1",)  # the release trains it only once selection starts
+        return ()
 
     def describe(self, selection_start):
         return f"LF-ViT (region selection from step {selection_start})"
@@ -134,21 +144,25 @@ class LFViTTask(Task):
             second = {"loc_ce": objective.soft_cross_entropy(out["loc_logits"], targets)}
         return ce + sum(second.values()), {"ce": ce, **second}
 
-    def eval_outputs(self, params, images):
-        out = self.forward(params, images, train=False)
+    def eval_outputs(self, params, images, phase="region"):
+        """Per-example outputs with the focus stage of `phase` (the release evaluates on the
+        whole image until selection starts)."""
+        out = self.forward(params, images, train=False, phase=phase)
         return {"loc_probs": _probs(out["loc_logits"]), "focus_probs": _probs(out["focus_logits"]),
                 "region": out["region"], "coarse_index": out["coarse_index"]}
 
-    def flops(self):
-        return dict(flops.lfvit_summary(self.model), deit_gflops=flops.deit_gflops(self.model))
+    def flops(self, phase="region"):
+        return dict(flops.lfvit_summary(self.model, phase),
+                    deit_gflops=flops.deit_gflops(self.model))
 
     def flops_report(self, focus_mode="region"):
         return flops.lfvit_report(self.model, focus_mode)
 
-    def summarize(self, arrays, thresholds):
-        """Both stages' top-1, the threshold sweep ("exit") and, given boxes, region hits."""
+    def summarize(self, arrays, thresholds, phase="region"):
+        """Both stages' top-1, the threshold sweep ("exit") and, given boxes, region hits; FLOPs
+        of the focus stage of `phase`, the one `eval_outputs` ran."""
         mask, labels = arrays["_mask"].astype(bool), arrays["label"]
-        g = self.flops()
+        g = self.flops(phase)
         out = {"model": self.name, "examples": int(mask.sum()),
                "loc_top1": _masked_mean(arrays["loc_probs"].argmax(-1) == labels, mask),
                "focus_top1": _masked_mean(arrays["focus_probs"].argmax(-1) == labels, mask)}

@@ -27,14 +27,19 @@ def deit_training(config, *, total_epochs=300, selection_start_epoch=231):
     # Whole-image focus before this epoch, NGCA region selection from it (release: 231 of 300).
     config.selection_start_epoch = float(selection_start_epoch)
     config.update(lr=5e-4, warmup_lr=1e-6, min_lr=1e-5, wd=0.05, adam_eps=1e-8)
+    # 'epoch': timm's cosine stepped after each epoch, as the release; 'step': per update (ours).
+    config.lr_schedule = "epoch"
     config.loss = "ce_kl"  # or 'ce_ce', the paper's ablation
     config.grad_accum = 1
     # Operands of every matmul in training and its evaluations (float32 accumulation; see
     # models/precision.py): the release trains with mixed precision.
     config.precision = "bfloat16"
-    config.ema_decay = 0.0  # 0 = off; e.g. 0.9998
+    # 0 = off, as the release in effect: it keeps an EMA (decay 0.99996) but never evaluates it.
+    config.ema_decay = 0.0
     config.param_sharding = "replicated"  # or 'fsdp'
-    config.update(seed=0, log_every_steps=100, eval_every_epochs=5.0, checkpoint_every_steps=1000,
+    # Evaluated after every epoch as the release (best checkpoint by focus top-1): the 50k
+    # validation images cost about 1.3% of an ImageNet epoch's training FLOPs.
+    config.update(seed=0, log_every_steps=100, eval_every_epochs=1.0, checkpoint_every_steps=1000,
                   keep_checkpoints=3)
     config.eval_thresholds = (0.5, 0.6, 0.7, 0.76, 0.8, 0.9, 1.0)
     config.resume = ""  # another workdir to continue from (full state and data stream)

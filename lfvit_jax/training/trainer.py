@@ -2,7 +2,6 @@
 exact resume. It holds a task (`lfvit_jax.tasks`) and a dataset (sizes and iterators; tests pass a
 synthetic one), and knows neither the model kind nor where the data lives.
 """
-import functools
 import json
 import logging
 import math
@@ -57,11 +56,10 @@ class Schedule:
             raise UsageError(f"config.batch_size={config.batch_size} exceeds the "
                              f"{train_examples} training examples.")
         self.steps_per_epoch = train_examples // config.batch_size
-        per_epoch = (config.total_steps / config.total_epochs if config.total_steps
-                     else self.steps_per_epoch)
-        to_steps = lambda epochs: int(round(epochs * per_epoch))
+        self.per_epoch = (config.total_steps / config.total_epochs if config.total_steps
+                          else self.steps_per_epoch)  # steps an epoch, for the lr schedule
+        to_steps = lambda epochs: int(round(epochs * self.per_epoch))
         self.total = max(to_steps(config.total_epochs), 1)
-        self.warmup = to_steps(config.warmup_epochs)
         self.selection_start = to_steps(config.selection_start_epoch)
         self.eval_every = max(to_steps(config.eval_every_epochs), 1)
 
@@ -72,6 +70,7 @@ def make_train_step(task, tx, lr_fn, config, mesh, state_shardings, phase):
     accum = config.grad_accum
     base_key = jax.random.key(config.seed)
     batch_spec = parallel.batch_sharding(mesh)
+    idle = task.idle_params(phase)
 
     def loss_fn(params, images, targets, rng):
         out = task.forward(params, images, train=True, phase=phase, rng=rng)
@@ -99,7 +98,7 @@ def make_train_step(task, tx, lr_fn, config, mesh, state_shardings, phase):
                 grad_fn, state["params"], batch["image"][:1], batch["label"][:1], rng))
             total, _ = jax.lax.scan(body, zeros, (jnp.arange(accum), micro))
             ((loss, terms), grads) = jax.tree.map(lambda x: x / accum, total)
-        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"], idle=idle)
         params = optax.apply_updates(state["params"], updates)
         new = {"step": state["step"] + 1, "params": params, "opt_state": opt_state}
         if "ema" in state:
@@ -129,12 +128,12 @@ class Setup:
         parallel.check_batch(config.eval_batch_size, self.mesh, name="config.eval_batch_size")
         self.task = tasks.build(model_cfg, config.precision)
         self.schedule = Schedule(config, info["train_examples"])
-        self.lr_fn = optim.schedule(config, self.schedule.total, self.schedule.warmup)
-        self.tx = optim.optimizer(config, self.schedule.total, self.schedule.warmup)
+        self.lr_fn = optim.schedule(config, self.schedule.per_epoch)
+        self.tx = optim.optimizer(config, self.lr_fn)
         self.abstract_state = jax.eval_shape(self._init_state, jax.random.key(0))
         self.shardings = parallel.state_shardings(self.abstract_state, self.mesh,
                                                   config.param_sharding)
-        self._steps = {}
+        self._steps, self._eval_steps = {}, {}
 
     def _state_from_params(self, params):
         state = {"step": jnp.zeros((), jnp.int32), "params": params,
@@ -171,9 +170,16 @@ class Setup:
                                                  self.mesh, self.shardings, phase)
         return self._steps[phase]
 
-    @functools.cached_property
-    def eval_step(self):
-        return evaluate.make_eval_step(self.task, self.shardings["params"], self.mesh)
+    def eval_phase(self, step):
+        """The release evaluates after each epoch with the forward it trained that epoch with:
+        focus on the whole image until selection starts."""
+        return self.phase(max(step - 1, 0))
+
+    def eval_step(self, phase):
+        if phase not in self._eval_steps:
+            self._eval_steps[phase] = evaluate.make_eval_step(
+                self.task, self.shardings["params"], self.mesh, phase)
+        return self._eval_steps[phase]
 
     def eval_params(self, state):
         return state["ema"] if "ema" in state else state["params"]
@@ -213,10 +219,11 @@ def initial_state(setup, mngr, data_iter):
 def run_eval(setup, state, dataset, preview=16):
     """(arrays, summary, images) of the evaluation split; see `evaluate.run`."""
     config = setup.config
-    arrays, images = evaluate.run(setup.eval_step, setup.eval_params(state),
+    phase = setup.eval_phase(int(state["step"]))
+    arrays, images = evaluate.run(setup.eval_step(phase), setup.eval_params(state),
                                   dataset.eval_iterator(config.eval_batch_size), setup.mesh,
                                   preview)
-    return arrays, setup.task.summarize(arrays, config.eval_thresholds), images
+    return arrays, setup.task.summarize(arrays, config.eval_thresholds, phase), images
 
 
 def _eval_scalars(summary):
@@ -292,7 +299,7 @@ def train_and_evaluate(config, workdir, dataset=None):
                 if step not in best.all_steps():  # else saved before a resume from earlier
                     checkpoint.save(best, step, {"params": setup.eval_params(state)},
                                     metrics={"top1": summary["top1"]})
-                _print0(f"eval at step {step}: "
+                _print0(f"eval at step {step} [{setup.eval_phase(step)}]: "
                         + setup.task.format_summary(summary).splitlines()[0])
                 progress.reset(step)
         if summary is None:  # resumed at the end: evaluate what was restored
