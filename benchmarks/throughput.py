@@ -4,6 +4,7 @@
   python benchmarks/throughput.py --batch 32 --micro_batch 4    # slices of 4 (AVX2 CPUs)
   python benchmarks/throughput.py --batch 16 --cpu_devices 2 --buckets 16
   python benchmarks/throughput.py --precision bfloat16          # bf16 matmuls, float32 accumulation
+  python benchmarks/throughput.py --precision float32           # default: auto, the machine's pick
 
 Random weights, random images. Each exit fraction is hit by setting the threshold to that quantile
 of the measured localization confidences over the benchmark batches; at 100% the focus stage never
@@ -79,8 +80,9 @@ def parse_args(argv=None):
     p.add_argument("--micro_batch", type=int, default=0,
                    help="run every stage (and DeiT) in slices of this many images per device "
                         "inside one compiled call; 0 = whole batches")
-    p.add_argument("--precision", default="float32", choices=["float32", "bfloat16"],
-                   help="operand dtype of every matmul of both models (their matmul_dtype)")
+    p.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="operand dtype of every matmul of both models (their matmul_dtype); "
+                        "auto: bfloat16 where the CPU has native bf16 dot products (or on GPU/TPU)")
     p.add_argument("--cpu_devices", type=int, default=1,
                    help="split the CPU into this many XLA devices and shard the batch over them "
                         "(both models); each device runs on its own thread")
@@ -103,6 +105,8 @@ def main(argv=None):
     from lfvit_jax.models.lfvit import LFViT
     from lfvit_jax.models import precision
 
+    args.precision, reason = precision.resolve(args.precision)
+    print(reason, flush=True)
     fractions = [float(f) for f in args.fractions.split(",")]
     sharding = NamedSharding(Mesh(np.array(jax.devices()), ("data",)), PartitionSpec("data"))
     buckets = DEFAULT_BUCKETS if not args.buckets else [i / args.buckets

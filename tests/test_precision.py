@@ -179,3 +179,40 @@ def test_a_runs_precision_is_not_part_of_its_model(tmp_path):
     other.model.width = 64
     with pytest.raises(ValueError, match=r"model\.width"):
         rundir.check_same_model(other, tmp_path)
+
+
+# /proc/cpuinfo flag sets: Zen 3 (AVX2 only), Zen 4/5 (avx512_bf16), Sapphire Rapids (both).
+AVX2 = {"sse4_2", "avx", "avx2", "fma"}
+AVX512_BF16 = AVX2 | {"avx512f", "avx512_bf16"}
+AMX = AVX512_BF16 | {"amx_tile", "amx_bf16"}
+
+
+@pytest.mark.parametrize("flags,platform,want", [
+    (AVX2, "cpu", "float32"), (AVX2 | {"avx512f"}, "cpu", "float32"), (set(), "cpu", "float32"),
+    (AVX512_BF16, "cpu", "bfloat16"), (AMX - {"avx512_bf16"}, "cpu", "bfloat16"),
+    (AMX, "cpu", "bfloat16"), (set(), "gpu", "bfloat16"), (set(), "tpu", "bfloat16")])
+def test_auto_picks_bfloat16_only_with_native_bf16_dots(flags, platform, want, recwarn):
+    dtype, reason = precision.resolve("auto", cpu_flags=flags, platform=platform)
+    assert dtype == want and reason.startswith(want) and "\n" not in reason
+    assert not recwarn.list
+
+
+@pytest.mark.parametrize("asked", ["float32", "bfloat16"])
+def test_explicit_precision_is_kept(asked, recwarn):
+    assert precision.resolve(asked, cpu_flags=AMX, platform="cpu")[0] == asked
+    assert precision.resolve(asked, platform="gpu")[0] == asked
+    assert precision.resolve("float32", cpu_flags=AVX2, platform="cpu")[0] == "float32"
+    assert not recwarn.list
+
+
+def test_bfloat16_without_native_dots_warns_in_one_line():
+    with pytest.warns(precision.SlowPrecisionWarning) as caught:
+        dtype, _ = precision.resolve("bfloat16", cpu_flags=AVX2, platform="cpu")
+    assert dtype == "bfloat16" and len(caught) == 1
+    message = str(caught[0].message)
+    assert "\n" not in message and "slower than float32" in message
+
+
+def test_unknown_precision_is_refused():
+    with pytest.raises(ValueError, match="'auto', 'float32', 'bfloat16'"):
+        precision.resolve("float16", cpu_flags=AVX2, platform="cpu")
