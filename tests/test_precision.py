@@ -112,6 +112,17 @@ def test_dense_float32_is_flax_dense_bit_for_bit(shape):
     jax.tree.map(np.testing.assert_array_equal, g_ours, g_flax)
 
 
+@pytest.mark.parametrize("einsum", [True, False])
+def test_both_float32_heads_layouts_match_the_release(monkeypatch, einsum):
+    """The per-head einsum and the plain matmul + transpose (`heads_einsum`, chosen per CPU) each
+    stay within the parity tolerance of the release's logits."""
+    model, variables, ref = load_dump(DUMPS[0])
+    monkeypatch.setattr(precision, "heads_einsum", lambda mm: einsum and mm == "float32")
+    out = run(model, variables, ref)
+    for key in ("loc_logits", "focus_logits"):
+        np.testing.assert_allclose(out[key], ref[key], atol=1e-5, rtol=0, err_msg=key)
+
+
 def test_bfloat16_matmul_rounds_operands_and_accumulates_float32():
     a = jax.random.normal(jax.random.key(0), (8, 256))
     b = jax.random.normal(jax.random.key(1), (256, 4))
@@ -195,6 +206,15 @@ def test_auto_picks_bfloat16_only_with_native_bf16_dots(flags, platform, want, r
     dtype, reason = precision.resolve("auto", cpu_flags=flags, platform=platform)
     assert dtype == want and reason.startswith(want) and "\n" not in reason
     assert not recwarn.list
+
+
+@pytest.mark.parametrize("flags,platform,want", [
+    (AVX2, "cpu", False), (AVX512_BF16, "cpu", True), (AMX, "cpu", True), (AVX2, "gpu", True)])
+def test_float32_heads_layout_follows_the_cpu(monkeypatch, flags, platform, want):
+    monkeypatch.setattr(precision, "host_cpu_flags", lambda: frozenset(flags))
+    monkeypatch.setattr(jax, "default_backend", lambda: platform)
+    assert precision.heads_einsum("float32") is want
+    assert precision.heads_einsum("bfloat16") is False
 
 
 @pytest.mark.parametrize("asked", ["float32", "bfloat16"])

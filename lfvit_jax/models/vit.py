@@ -98,10 +98,9 @@ class PatchEmbed(nn.Module):
 
 class HeadsQKV(nn.Module):
     """timm's qkv Linear (kernel (C, 3C), output features laid out (3, heads, head_dim)), returned
-    as (3, B, heads, N, head_dim). In float32 one einsum goes straight into that layout: XLA on CPU
-    then needs no transposes around the attention products (the attention layer runs about a
-    third faster). In bfloat16 the plain (B N, C) @ (C, 3C) product comes first: there the einsum
-    made XLA transpose the kernel and the tokens in every call (stages 5-9% slower, README)."""
+    as (3, B, heads, N, head_dim): one einsum straight into that layout, or the plain
+    (B N, C) @ (C, 3C) product and a transpose, whichever `precision.heads_einsum` says is faster
+    for this precision and CPU."""
     num_heads: int
     dense_init: str = "deit"
     matmul_dtype: str = "float32"
@@ -112,7 +111,7 @@ class HeadsQKV(nn.Module):
         h, d = self.num_heads, c // self.num_heads
         kernel = self.param("kernel", DENSE_INITS[self.dense_init], (c, 3 * c))
         bias = self.param("bias", nn.initializers.zeros, (3 * c,))
-        if self.matmul_dtype == "float32":
+        if precision.heads_einsum(self.matmul_dtype):
             return (jnp.einsum("bnc,cthd->tbhnd", x, kernel.reshape(c, 3, h, d))
                     + bias.reshape(3, 1, h, 1, d))
         qkv = precision.dense(x, kernel, bias, self.matmul_dtype)
@@ -121,8 +120,7 @@ class HeadsQKV(nn.Module):
 
 class HeadsProj(nn.Module):
     """timm's output Linear (kernel (C, C)) applied to per-head outputs (B, heads, N, head_dim):
-    one einsum in float32, the heads merged first and then a plain matmul in bfloat16 (as in
-    HeadsQKV)."""
+    one einsum, or the heads merged first and then a plain matmul (as in HeadsQKV)."""
     dense_init: str = "deit"
     matmul_dtype: str = "float32"
 
@@ -132,7 +130,7 @@ class HeadsProj(nn.Module):
         c = h * d
         kernel = self.param("kernel", DENSE_INITS[self.dense_init], (c, c))
         bias = self.param("bias", nn.initializers.zeros, (c,))
-        if self.matmul_dtype == "float32":
+        if precision.heads_einsum(self.matmul_dtype):
             return jnp.einsum("bhnd,hdc->bnc", x, kernel.reshape(h, d, c)) + bias
         merged = x.transpose(0, 2, 1, 3).reshape(x.shape[0], x.shape[2], c)
         return precision.dense(merged, kernel, bias, self.matmul_dtype)
