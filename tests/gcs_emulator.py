@@ -7,12 +7,15 @@ environment variables that point every GCS client the program uses at it.
 - its downloads carry no `x-goog-generation` header, which tensorstore's conditional reads (orbax's
   OCDBT manifest) need ("Malformed StorageGeneration");
 - it serves one connection at a time, so array_record's parallel readers, which keep their
-  connections open, wait on each other forever: here each connection gets a thread.
+  connections open, wait on each other forever: here each connection gets a thread, and requests
+  are handled one at a time (its storage is not thread-safe: concurrent writes lost a resumable
+  upload's session, and the upload then failed).
 """
 import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 
@@ -65,6 +68,13 @@ def serve(port, bucket):
     from gcp_storage_emulator.handlers import objects
 
     server.server.HTTPServer = http.server.ThreadingHTTPServer
+    lock, handle = threading.Lock(), server.Router.handle
+
+    def handle_one_at_a_time(router, method):
+        with lock:
+            handle(router, method)
+
+    server.Router.handle = handle_one_at_a_time
 
     download = objects.download
 
