@@ -83,12 +83,14 @@ def color_jitter(img, rng, strength):
 def normalize(img, mean, std):
     """uint8 PIL image -> float32 HWC with 3 channels; grayscale is replicated to RGB."""
     x = np.asarray(img)
-    if x.ndim == 2:
-        x = x[..., None]  # broadcast against the 3-channel mean and std below
     mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
-    x = x * (1.0 / (255.0 * std))  # float32, as the scale is
-    x -= mean / std
-    return x
+    scale, offset = 1.0 / (255.0 * std), mean / std  # float32: so is every product below
+    # A channel at a time: broadcasting over a last axis of 3 ran numpy 2x slower.
+    out = np.empty(x.shape[:2] + (3,), np.float32)
+    for c in range(3):
+        np.multiply(x if x.ndim == 2 else x[..., c], scale[c], out=out[..., c])
+        out[..., c] -= offset[c]
+    return out
 
 
 def random_erasing(x, rng, prob, scale=(0.02, 1 / 3), ratio=0.3):

@@ -391,11 +391,14 @@ def train_iterator(data_cfg, global_batch_size, *, seed, process_index=None, pro
         raise UsageError(f"repeated_aug must be >= 1 (1 = off), got {data_cfg.repeated_aug}.")
     builder = prepared_builder(data_cfg)
     num_classes = _num_classes(data_cfg, builder)
-    source = _source(data_cfg, builder, data_cfg.train_split)
     clutter_pool = None
     if data_cfg.name == "cluttered_mnist":  # train records are bare digits; canvases come here
-        clutter_pool = np.stack([np.asarray(Image.open(io.BytesIO(r["image"])))
-                                 for r in read_all(data_cfg, builder, data_cfg.train_split)])
+        # All of them are read for the clutter pool anyway: the examples are served from
+        # memory too, not read and parsed again each time (a third of the pipeline's time).
+        source = list(read_all(data_cfg, builder, data_cfg.train_split))
+        clutter_pool = np.stack([np.asarray(Image.open(io.BytesIO(r["image"]))) for r in source])
+    else:
+        source = _source(data_cfg, builder, data_cfg.train_split)
     loader = _loader(
         data_cfg, source, TrainSampler(len(source), global_batch_size, process_count,
                                        data_cfg.workers, seed, data_cfg.repeated_aug),
