@@ -5,8 +5,7 @@ from absl import flags
 from lfvit_jax.core import config_args, parallel
 from lfvit_jax.core.errors import UsageError
 from lfvit_jax.io import rundir, storage
-
-PRECISIONS = ("float32", "bfloat16")
+from lfvit_jax.models import precision
 
 
 def define_flags(fv, config_help):
@@ -61,9 +60,11 @@ def define_checkpoint_flags(fv):
     d = dict(flag_values=fv)
     flags.DEFINE_string("checkpoint", "latest", "'latest' (the newest intact step), 'best' (the "
                         "best/ item, picked on the evaluation split) or a step number", **d)
-    flags.DEFINE_enum("precision", "float32", PRECISIONS, "operands of every matmul; bfloat16 "
-                      "accumulates in float32 and keeps LayerNorm, softmax, GELU, the region "
-                      "choice and the exit decision in float32", **d)
+    flags.DEFINE_enum("precision", "float32", precision.PRECISIONS, "operands of every matmul; "
+                      "bfloat16 accumulates in float32 and keeps LayerNorm, softmax, GELU, the "
+                      "region choice and the exit decision in float32; auto picks bfloat16 where "
+                      "the CPU has native bf16 dot products (avx512_bf16, amx_bf16) or on "
+                      "GPU/TPU, float32 elsewhere, and says which", **d)
 
 
 def eval_config(FLAGS, overrides, *paths):
@@ -73,5 +74,7 @@ def eval_config(FLAGS, overrides, *paths):
                          "number.")
     start(FLAGS, *paths)
     cfg = config(FLAGS, overrides, check_model=True)
-    cfg.precision = FLAGS.precision
+    cfg.precision, reason = precision.resolve(FLAGS.precision)
+    if FLAGS.precision == "auto":
+        print(f"Precision: {reason}.", flush=True)
     return cfg

@@ -11,7 +11,7 @@ the same bf16-in / float32-out products (as mixed-precision training does elsewh
 JAX's default transpose, which would multiply float32 by bfloat16 at float32 speed.
 """
 import functools
-import warnings
+import logging
 from functools import partial
 
 import jax
@@ -25,16 +25,13 @@ PRECISIONS = ("auto", *MATMUL_DTYPES)
 # x86 flags (/proc/cpuinfo) of native bf16 dot products. Without them XLA emulates bfloat16 dots
 # and they run slower than float32 (DeiT-S 9.2 against 11.7 img/s on an AVX2 EPYC).
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
-
-
-class SlowPrecisionWarning(UserWarning):
-    """bfloat16 asked for on a CPU where it runs slower than float32."""
+log = logging.getLogger(__name__)
 
 
 def check(matmul_dtype):
     if matmul_dtype not in MATMUL_DTYPES:
         raise UsageError(f"matmul_dtype={matmul_dtype!r} is not one of {sorted(MATMUL_DTYPES)} "
-                         "(set config.model.matmul_dtype, or --precision).")
+                         "(set config.precision, or --precision).")
 
 
 @functools.cache
@@ -54,8 +51,8 @@ def resolve(precision, cpu_flags=None, platform=None):
     """'auto', 'float32' or 'bfloat16' -> (matmul dtype name, one-line reason).
 
     'auto' picks bfloat16 on GPU/TPU and on CPUs with native bf16 dot products (avx512_bf16 or
-    amx_bf16), float32 elsewhere. Asking for bfloat16 on a CPU without them warns
-    (SlowPrecisionWarning). `cpu_flags` (a set of /proc/cpuinfo flags) and `platform` ('cpu',
+    amx_bf16), float32 elsewhere. Asking for bfloat16 on a CPU without them logs a one-line
+    warning. `cpu_flags` (a set of /proc/cpuinfo flags) and `platform` ('cpu',
     'gpu', 'tpu') default to this machine's."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision={precision!r} is not one of {PRECISIONS}.")
@@ -72,9 +69,9 @@ def resolve(precision, cpu_flags=None, platform=None):
         return "float32", ("float32 matmuls: the CPU has no native bf16 dot products (no "
                            f"{' or '.join(NATIVE_BF16_FLAGS)}), so bfloat16 would run slower")
     if precision == "bfloat16" and not native:
-        warnings.warn("bfloat16 on a CPU without native bf16 dot products (no "
-                      f"{' or '.join(NATIVE_BF16_FLAGS)}): slower than float32 here.",
-                      SlowPrecisionWarning, stacklevel=2)
+        log.warning("bfloat16 on a CPU without native bf16 dot products (no %s): slower than "
+                    "float32 here ('auto' picks float32 on this CPU).",
+                    " or ".join(NATIVE_BF16_FLAGS))
         return precision, "bfloat16 matmuls as asked, slower than float32 on this CPU"
     return precision, f"{precision} matmuls as asked"
 

@@ -42,6 +42,7 @@ def check_config(config):
     if config.precision not in precision.MATMUL_DTYPES:
         raise UsageError(f"config.precision={config.precision!r} is not one of "
                          f"{sorted(precision.MATMUL_DTYPES)}.")
+    precision.resolve(config.precision)  # warns where bfloat16 runs slower than float32
     for key in ("batch_size", "eval_batch_size", "grad_accum"):
         if config[key] < 1:
             raise UsageError(f"config.{key}={config[key]} must be at least 1.")
