@@ -12,7 +12,6 @@ fraction) and ours in each precision, and in the one `--precision auto` picks he
 release's best precision on this machine. The load average before each run is printed with it:
 figures taken while other programs run are not comparable.
 """
-import argparse
 import json
 import os
 import statistics
@@ -20,24 +19,23 @@ import subprocess
 import sys
 import time
 
+from absl import app, flags
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 PRECISIONS = ("float32", "bfloat16")
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--release_python", required=True,
-                   help="the python of the release's environment (torch), e.g. its venv's")
-    p.add_argument("--release_dir", required=True,
-                   help="the folder holding bench_reference.py and ref_env.py")
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--exit", type=float, default=0.7, help="exit fraction of the LF-ViT figures")
-    p.add_argument("--threads", type=int, default=os.cpu_count(),
-                   help="the release's torch threads (ours uses every core)")
-    p.add_argument("--precisions", default=",".join(PRECISIONS),
-                   help="comma-separated subset of float32,bfloat16")
-    return p.parse_args(argv)
+flags.DEFINE_string("release_python", None, "the python of the release's environment (torch), "
+                    "e.g. its venv's")
+flags.DEFINE_string("release_dir", None, "the folder holding bench_reference.py and ref_env.py")
+flags.DEFINE_integer("rounds", 3, "rounds; each runs all four")
+flags.DEFINE_integer("batch", 32, "images per batch")
+flags.DEFINE_float("exit", 0.7, "exit fraction of the LF-ViT figures")
+flags.DEFINE_integer("threads", os.cpu_count(), "the release's torch threads (ours uses every "
+                     "core)")
+flags.DEFINE_list("precisions", list(PRECISIONS), "a subset of float32,bfloat16")
+flags.mark_flags_as_required(["release_python", "release_dir"])
+FLAGS = flags.FLAGS
 
 
 def last_json(stdout, command):
@@ -87,9 +85,10 @@ def cpu_line():
     return f"{model}, {os.cpu_count()} cores, {' '.join(isa) or 'no AVX2'}"
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    precisions = args.precisions.split(",")
+def main(argv):
+    del argv
+    args = FLAGS
+    precisions = args.precisions
     if not precisions or set(precisions) - set(PRECISIONS):
         raise SystemExit(f"--precisions must be a subset of {','.join(PRECISIONS)}")
     sys.path.insert(0, os.path.dirname(HERE))
@@ -125,4 +124,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    app.run(main)

@@ -17,11 +17,12 @@ and each figure is the median over `--rounds` rounds; times include the host rou
 buckets. `--micro_batch` slices both models' batches the same way (see lfvit_jax/inference.py).
 Prints a table, then a JSON line.
 """
-import argparse
 import json
 import os
 import sys
 import time
+
+from absl import app, flags
 
 # The models' defaults are DeiT-S; only the ImageNet sizes are given.
 IMAGENET = dict(num_classes=1000, img_size=224)
@@ -62,35 +63,30 @@ def over_stream(predictor, batches, threshold, bucket):
     return run
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--num_batches", type=int, default=4, help="distinct batches per round")
-    p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (median)")
-    p.add_argument("--fractions", default="0,0.5,0.7,0.9,1", help="exit fractions to time")
-    p.add_argument("--region_size", type=int, default=5)
-    p.add_argument("--buckets", type=int, default=8,
-                   help="focus bucket sizes: n = every multiple of B/n (one compilation each); "
-                        "0 = the predictor's default B/8, B/4, B/2, B")
-    p.add_argument("--stream_repeat", type=int, default=2,
-                   help="the streaming rows run through the batches this many times per round")
-    p.add_argument("--stream_bucket", type=int, default=None,
-                   help="focus bucket of the streaming rows (default: the predictor's, half the "
-                        "per-device batch)")
-    p.add_argument("--micro_batch", type=int, default=0,
-                   help="run every stage (and DeiT) in slices of this many images per device "
-                        "inside one compiled call; 0 = whole batches")
-    p.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16"],
-                   help="operand dtype of every matmul of both models (their matmul_dtype); "
-                        "auto: bfloat16 where the CPU has native bf16 dot products (or on GPU/TPU)")
-    p.add_argument("--cpu_devices", type=int, default=1,
-                   help="split the CPU into this many XLA devices and shard the batch over them "
-                        "(both models); each device runs on its own thread")
-    return p.parse_args(argv)
+flags.DEFINE_integer("batch", 32, "images per batch")
+flags.DEFINE_integer("num_batches", 4, "distinct batches per round")
+flags.DEFINE_integer("rounds", 3, "interleaved timing rounds (median)")
+flags.DEFINE_string("fractions", "0,0.5,0.7,0.9,1", "exit fractions to time")
+flags.DEFINE_integer("region_size", 5, "m, the region's side in coarse tokens")
+flags.DEFINE_integer("buckets", 8, "focus bucket sizes: n = every multiple of B/n (one "
+                     "compilation each); 0 = the predictor's default B/8, B/4, B/2, B")
+flags.DEFINE_integer("stream_repeat", 2, "the streaming rows run through the batches this many "
+                     "times per round")
+flags.DEFINE_integer("stream_bucket", None, "focus bucket of the streaming rows (default: the "
+                     "predictor's, half the per-device batch)")
+flags.DEFINE_integer("micro_batch", 0, "run every stage (and DeiT) in slices of this many images "
+                     "per device inside one compiled call; 0 = whole batches")
+flags.DEFINE_enum("precision", "auto", ["auto", "float32", "bfloat16"], "operand dtype of every "
+                  "matmul of both models; auto: bfloat16 where the CPU has native bf16 dot "
+                  "products (or on GPU/TPU), float32 elsewhere")
+flags.DEFINE_integer("cpu_devices", 1, "split the CPU into this many XLA devices and shard the "
+                     "batch over them (both models); each device runs on its own thread")
+FLAGS = flags.FLAGS
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def main(argv):
+    del argv
+    args = FLAGS
     if args.cpu_devices > 1:  # must be set before JAX starts
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                    f" --xla_force_host_platform_device_count={args.cpu_devices}")
@@ -182,4 +178,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    app.run(main)

@@ -3,9 +3,9 @@
 Times both LF-ViT phases (focus on the whole image, then on the selected region) against a DeiT
 built from the same model config (name='deit'), through the real jitted, donated train step.
 
-  python -m benchmarks.train_step --config configs/demo.py --batch 128
-  python -m benchmarks.train_step --config configs/lfvit_deit_s.py:res=224,m=5 --batch 64
-  python -m benchmarks.train_step --config configs/demo.py --batch 64 --precision bfloat16
+  python -m benchmarks.train_step --config demo --batch 128
+  python -m benchmarks.train_step --config lfvit_deit_s:res=224,m=5 --batch 64
+  python -m benchmarks.train_step --config demo --batch 64 --precision bfloat16
 """
 import json
 import time
@@ -13,12 +13,12 @@ import time
 import jax
 import numpy as np
 from absl import app, flags
-from ml_collections import config_flags
 
-from lfvit_jax.core import parallel
+from lfvit_jax.core import config_args, parallel
 from lfvit_jax.training import trainer
 
-config_flags.DEFINE_config_file("config", "configs/demo.py", "An LF-ViT config.")
+flags.DEFINE_string("config", "demo", "An LF-ViT config: a name (demo, lfvit_deit_s:res=224) "
+                    "or a path.")
 flags.DEFINE_integer("batch", 64, "Global batch per step.")
 flags.DEFINE_enum("precision", None, ["float32", "bfloat16"], "Operand dtype of the step's "
                   "matmuls (sets config.precision; default the config's).")
@@ -50,7 +50,7 @@ def seconds_per_step(config, phase, batch, steps):
 
 def main(argv):
     del argv
-    config = FLAGS.config
+    config = config_args.load_config(FLAGS.config)
     if config.model.name != "lfvit":
         raise ValueError("Give an LF-ViT config; its DeiT twin is built from the same model section.")
     if FLAGS.precision:
