@@ -14,7 +14,6 @@ system; medians are reported.
 """
 import json
 import os
-import platform
 import shutil
 import statistics
 import tempfile
@@ -27,20 +26,13 @@ from ml_collections import config_flags
 
 from lfvit_jax.io import checkpoint
 from lfvit_jax.io import integrity
+from lfvit_jax.models import precision
 from lfvit_jax.training import trainer
 
 config_flags.DEFINE_config_file("config", "configs/deit_s.py", "The config whose state is saved.")
 flags.DEFINE_integer("rounds", 5, "Timed rounds (each saves and restores with both variants).")
 flags.DEFINE_string("dir", None, "Folder for the checkpoints (default: a temporary one).")
 FLAGS = flags.FLAGS
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown CPU"
 
 
 def read_bytes():
@@ -120,7 +112,7 @@ def main(argv):
     if not FLAGS.dir:
         shutil.rmtree(root)
     med = {k: statistics.median(v) for k, v in times.items()}
-    out = {"cpu": cpu_model(), "devices": jax.device_count(), "state_mb": nbytes / 2**20,
+    out = {"cpu": precision.host_cpu_model(), "devices": jax.device_count(), "state_mb": nbytes / 2**20,
            "rounds": FLAGS.rounds, **{f"{k}_s": v for k, v in med.items()},
            "save_overhead": med["save_checked"] / med["save"] - 1,
            "restore_overhead": med["restore_checked"] / med["restore"] - 1}

@@ -22,6 +22,8 @@ import time
 from absl import app, flags
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+from lfvit_jax.models import precision as policy  # noqa: E402  (after the path)
 PRECISIONS = ("float32", "bfloat16")
 
 
@@ -70,19 +72,9 @@ def release(args, precision):
 
 
 def cpu_line():
-    flags, model = set(), "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name":
-                    model = value.strip()
-                elif key.strip() == "flags":
-                    flags = set(value.split())
-    except OSError:
-        pass
+    flags = policy.host_cpu_flags()
     isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-    return f"{model}, {os.cpu_count()} cores, {' '.join(isa) or 'no AVX2'}"
+    return f"{policy.host_cpu_model()}, {os.cpu_count()} cores, {' '.join(isa) or 'no AVX2'}"
 
 
 def main(argv):
@@ -91,8 +83,6 @@ def main(argv):
     precisions = args.precisions
     if not precisions or set(precisions) - set(PRECISIONS):
         raise SystemExit(f"--precisions must be a subset of {','.join(PRECISIONS)}")
-    sys.path.insert(0, os.path.dirname(HERE))
-    from lfvit_jax.models import precision as policy
     auto, reason = policy.resolve("auto", platform="cpu")
     print(f"{cpu_line()}; {time.strftime('%Y-%m-%d')}; auto: {reason}", flush=True)
     runs = {(who, p): [] for who in ("ours", "release") for p in precisions}

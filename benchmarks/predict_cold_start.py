@@ -134,8 +134,8 @@ def main(argv):
                 runs[f"{kind}_{temp}"].append(seconds)
                 shutil.rmtree(out)
             shutil.rmtree(cache)
-    with open("/proc/cpuinfo") as f:
-        cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
+    from lfvit_jax.models import precision  # here: a child process times its own imports
+    cpu = precision.host_cpu_model()
     result = {"cpu": cpu, "cores": os.cpu_count(), "images": FLAGS.images, "rounds": FLAGS.rounds,
               "date": time.strftime("%Y-%m-%d"), "loadavg_after": os.getloadavg()[0],
               **{f"{k}_s": statistics.median(v) for k, v in runs.items()}}

@@ -19,7 +19,6 @@ import ast
 import datetime
 import json
 import os
-import platform
 import subprocess
 import tempfile
 
@@ -30,6 +29,7 @@ from absl import app, flags
 
 from lfvit_jax.core import parallel
 from lfvit_jax.data import defaults, pipeline
+from lfvit_jax.models import precision
 from lfvit_jax.training import recipes, trainer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -114,15 +114,6 @@ def gaps(ours, release):
     return np.abs(np.asarray(ours) - np.asarray(release)) / np.abs(np.asarray(release))
 
 
-def cpu_model():
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines()
-                    if line.startswith("Model name"))
-    except (OSError, StopIteration):
-        return platform.processor()
-
-
 def main(argv):
     del argv
     FLAGS = flags.FLAGS
@@ -143,7 +134,7 @@ def main(argv):
               "max_rel_gap_whole": float(gap[:run["selection_start"]].max()),
               "max_rel_gap_region": float(gap[run["selection_start"]:].max()),
               "max_lr_rel_gap": float(gaps(lrs, release["lr"]).max()),
-              "ours_overrides": list(FLAGS.ours), "cpu": cpu_model(),
+              "ours_overrides": list(FLAGS.ours), "cpu": precision.host_cpu_model(),
               "date": datetime.date.today().isoformat(), "torch": release["torch"],
               "jax": jax.__version__}
     print(json.dumps(result))

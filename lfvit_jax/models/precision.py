@@ -35,16 +35,31 @@ def check(matmul_dtype):
 
 
 @functools.cache
-def host_cpu_flags():
-    """This machine's CPU feature flags (Linux /proc/cpuinfo); empty where it cannot be read."""
+def _cpuinfo():
+    """(model name, feature flags) of this machine's first CPU in Linux /proc/cpuinfo; ('?', {})
+    where it cannot be read."""
+    model, flags = "?", frozenset()
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and model == "?":
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    return model, frozenset(value.split())
     except OSError:
         pass
-    return frozenset()
+    return model, flags
+
+
+def host_cpu_flags():
+    """This machine's CPU feature flags; empty where they cannot be read."""
+    return _cpuinfo()[1]
+
+
+def host_cpu_model():
+    """This machine's CPU model name, for benchmark reports ('?' where it cannot be read)."""
+    return _cpuinfo()[0]
 
 
 def resolve(precision, cpu_flags=None, platform=None):
