@@ -43,7 +43,8 @@ def test_requirements_pin_what_pyproject_declares():
         name = req.name.lower().replace("_", "-")
         assert name in pinned, f"{name} is in pyproject.toml but not pinned in requirements.txt"
         assert req.specifier.contains(pinned[name]), f"{name}=={pinned[name]} vs {req}"
-    names = {r.name.lower().replace("_", "-") for r in runtime + extras} | {"jaxlib"}  # jax's own
+    names = ({r.name.lower().replace("_", "-") for r in runtime + extras}
+             | {"jaxlib", "ml-dtypes"})  # jax's own, pinned for speed
     assert set(pinned) <= names, f"pinned but not declared: {set(pinned) - names}"
     assert "-e ." in (ROOT / "requirements.txt").read_text().splitlines()
 

