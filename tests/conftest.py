@@ -2,9 +2,12 @@
 import os
 import tempfile
 
+from processes import FAST_COMPILE, xla_flags
+
 if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (
-        os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8")
+    os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " " + xla_flags(8)
+elif FAST_COMPILE not in os.environ["XLA_FLAGS"]:
+    os.environ["XLA_FLAGS"] += " " + FAST_COMPILE
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # The commands turn JAX's persistent compilation cache on: the tests' goes to a folder of their own.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="lfvit_test_jax_cache_"))
@@ -37,20 +40,40 @@ def gcs():
         emulator.stop()
 
 
+def first_fast(values):
+    """Parameters of a test whose first value runs in the fast tier, the others only in the full
+    suite."""
+    return [values[0], *(pytest.param(v, marks=pytest.mark.slow) for v in values[1:])]
+
+
+class LazyRuns(dict):
+    """name -> run folder, made by `make(name)` on first use and then kept: a test tier that
+    needs only one run pays for that one."""
+
+    def __init__(self, make):
+        super().__init__()
+        self._make = make
+
+    def __missing__(self, name):
+        self[name] = self._make(name)
+        return self[name]
+
+
 @pytest.fixture(scope="session")
 def runlocal_runs(tmp_path_factory):
-    """Finished `demo:runlocal` runs (8 steps, 8 devices) of LF-ViT and of the DeiT baseline,
-    trained once per session; tests that write into a run use `copy_run`."""
+    """Finished `demo:runlocal` runs (8 steps, 8 devices): ['lfvit'] and ['deit'] (the DeiT
+    baseline), each trained once per session when first used; tests that write into a run use
+    `copy_run`."""
     from lfvit_jax.core.config_args import load_config
     from lfvit_jax.training import trainer
     root = tmp_path_factory.mktemp("runlocal")
-    runs = {}
-    for name, arg in (("lfvit", "runlocal"), ("deit", "runlocal,baseline")):
-        config = load_config(f"demo:{arg}")
+
+    def train(name):
+        config = load_config({"lfvit": "demo:runlocal", "deit": "demo:runlocal,baseline"}[name])
         config.data.data_dir = str(root / "data")
         trainer.train_and_evaluate(config, str(root / name))
-        runs[name] = root / name
-    return runs
+        return root / name
+    return LazyRuns(train)
 
 
 def copy_run(run, folder):

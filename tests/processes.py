@@ -6,6 +6,15 @@ import sys
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(TESTS)
+# The tests' models are tiny: compiling costs far more than running them, and LLVM's
+# optimizations off take a third off each compilation (XLA's own passes, fusion and layout,
+# still run).
+FAST_COMPILE = "--xla_backend_optimization_level=0"
+
+
+def xla_flags(devices):
+    """XLA_FLAGS of a test process with `devices` CPU devices."""
+    return f"--xla_force_host_platform_device_count={devices} {FAST_COMPILE}"
 
 
 def free_port():
@@ -18,7 +27,7 @@ def launch(script_args, n=2, devices=4, **env):
     """`python *script_args --coordinator_address=... --num_processes=n --process_id=i` for
     each i, every process with `devices` CPU devices; output (stderr too) on a pipe."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, TESTS]), JAX_PLATFORMS="cpu",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", **env)
+               XLA_FLAGS=xla_flags(devices), **env)
     address = f"127.0.0.1:{free_port()}"
     return [subprocess.Popen([sys.executable, *script_args, f"--coordinator_address={address}",
                               f"--num_processes={n}", f"--process_id={i}"], env=env, cwd=ROOT,

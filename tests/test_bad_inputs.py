@@ -25,6 +25,7 @@ ROOT = os.path.dirname(TESTS)
 sys.path.insert(0, ROOT)
 
 import main  # noqa: E402  (the repository's main.py)
+from processes import xla_flags  # noqa: E402
 from lfvit_jax.core import config_args  # noqa: E402
 from lfvit_jax.inference import inputs  # noqa: E402
 from lfvit_jax.data.defaults import cluttered_mnist_config  # noqa: E402
@@ -82,7 +83,7 @@ def last_json(out):
 def one_device_env(tmp_path_factory):
     """A real process on one device, sharing a compilation cache with the other ones."""
     return dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu",
-                XLA_FLAGS="--xla_force_host_platform_device_count=1",
+                XLA_FLAGS=xla_flags(1),
                 JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")),
                 JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                 JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
@@ -391,13 +392,14 @@ def test_too_many_pixels(tmp_path, monkeypatch):
         inputs.load_image(str(tmp_path / "big.png"))
 
 
+@pytest.mark.slow
 def test_nonfinite_outputs_are_reported_per_image(tmp_path):
     import jax
     from lfvit_jax.models.lfvit import LFViT
     from lfvit_jax.inference.predict import predict
     model = LFViT(num_classes=10, width=32, depth=2, num_heads=2, mlp_dim=64, patch=8,
                   img_size=64, region_size=2)
-    variables = model.init(jax.random.key(0), np.zeros((1, 64, 64, 3), np.float32))
+    variables = jax.jit(model.init)(jax.random.key(0), np.zeros((1, 64, 64, 3), np.float32))
     variables = jax.tree.map(lambda x: x * np.nan if x.ndim == 1 and x.shape[0] == 10 else x,
                              variables)  # NaN classifier biases
     np.savez(tmp_path / "x.npz", images=np.zeros((2, 64, 64, 3), np.float32))
@@ -497,6 +499,7 @@ def test_a_named_damaged_step_is_an_error(capsys, run_copy):
           "checkpoints/4 is corrupt")
 
 
+@pytest.mark.slow
 def test_eval_reads_and_verifies_the_parameters_alone(capsys, run_copy):
     """Damage to the optimizer state does not touch what eval reads: step 4's parameters, intact
     by their checksums, give the training run's own final numbers."""

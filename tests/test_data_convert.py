@@ -163,6 +163,7 @@ def test_imagenet_tars_convert_and_read_as_tfds_imagenet2012(tmp_path):
     assert sorted(int(train[i]["label"]) for i in range(4)) == [0, 0, 1, 1]
 
 
+@pytest.mark.slow
 def test_prepare_commands_for_registered_builders(tmp_path, capsys):
     # `tfds NAME` runs a registered builder without TensorFlow (ours needs no download).
     run_prepare(["tfds", "cluttered_mnist", "--data_dir", str(tmp_path / "a")])

@@ -275,6 +275,7 @@ def test_cluttered_mnist_concurrent_first_use(tmp_path):
     assert infos[0] == infos[1] and infos[0]["eval_examples"] == 1000
 
 
+@pytest.mark.slow
 def test_cluttered_mnist_eval_is_fixed_and_boxed(mnist_cfg):
     assert pipeline.get_dataset_info(mnist_cfg) == dict(num_classes=10, image_size=64,
                                                     train_examples=4000, eval_examples=1000)

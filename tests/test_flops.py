@@ -57,6 +57,7 @@ def test_xla_count_agrees_with_the_convention():
     assert deit_run <= flops.xla_gflops(deit) <= 1.1 * deit_run
 
 
+@pytest.mark.slow
 def test_cli_prints_table_and_json():
     out = subprocess.run([sys.executable, "-m", "lfvit_jax.cli.main", "flops", "--config",
                           "configs/lfvit_deit_s.py:res=224,m=6"], cwd=ROOT, check=True,

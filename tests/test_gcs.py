@@ -15,7 +15,7 @@ import orbax.checkpoint as ocp
 import pytest
 from PIL import Image
 
-from processes import free_port
+from processes import free_port, xla_flags
 from lfvit_jax.io import rundir, storage
 from lfvit_jax.data.defaults import cluttered_mnist_config
 from lfvit_jax.data.pipeline import eval_iterator
@@ -30,7 +30,7 @@ ROOT = os.path.dirname(TESTS)
 def env(gcs, tmp_path_factory):
     cache = tmp_path_factory.mktemp("jax_cache")
     return dict(os.environ, **gcs.env, PYTHONPATH=os.pathsep.join([ROOT, TESTS]),
-                JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2",
+                JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(2),
                 JAX_COMPILATION_CACHE_DIR=str(cache),
                 JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                 JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")

@@ -18,7 +18,7 @@ BATCH = 16
 def setup():
     model = LFViT(**TINY)
     images = jax.random.normal(jax.random.key(1), (BATCH, 64, 64, 3))
-    variables = model.init(jax.random.key(0), images)
+    variables = jax.jit(model.init)(jax.random.key(0), images)  # eager: ~20 s of tiny compiles
     # Sharper head: confidences spread over (0, 1) so thresholds split the batch.
     variables["params"]["head"]["kernel"] = variables["params"]["head"]["kernel"] * 300
     return model, variables, images
@@ -46,6 +46,7 @@ def quantile_thresholds(conf):
 
 
 # micro_batch slices: 4 rows -> 4 slices on one device; 1 row per device -> 2 slices on 8 devices.
+@pytest.mark.slow
 @pytest.mark.parametrize("sharded,micro_batch", [(False, 0), (True, 0), (False, 4), (True, 1)])
 def test_masked_and_compacted_agree(setup, sharded, micro_batch):
     model, variables, images = setup
@@ -72,11 +73,12 @@ def test_masked_and_compacted_agree(setup, sharded, micro_batch):
                                  pred.devices * predictors.choose_bucket(most, pred.local_sizes))
 
 
+@pytest.mark.slow
 def test_wrong_index_fails(setup):
     """The comparison above catches a compaction index or a token selection that is off."""
     model, variables, images = setup
     pred = predictors.EarlyExitPredictor(model, variables, BATCH)
-    ref = model.apply(variables, images)
+    ref = jax.jit(model.apply)(variables, images)
     eta = float(np.median(jax.nn.softmax(ref["loc_logits"]).max(-1)))
     loc, outputs = pred._localize(pred.variables, images, jnp.float32(eta))
     exited = np.asarray(outputs["exited"])
@@ -95,6 +97,7 @@ def test_wrong_index_fails(setup):
                                 err_msg=name)
 
 
+@pytest.mark.slow
 def test_compiles_at_most_once_per_bucket(setup, monkeypatch):
     model, variables, images = setup
     chex.clear_trace_counter()
@@ -136,6 +139,7 @@ def test_wrong_batch_size(setup):
         predictors.EarlyExitPredictor(model, variables, BATCH, micro_batch=5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sharded,micro_batch,bucket", [(False, 0, None), (False, 0, 3),
                                                         (False, 4, 8), (True, 0, 1)])
 def test_stream_matches_per_batch_compaction(setup, sharded, micro_batch, bucket):
@@ -159,6 +163,7 @@ def test_stream_matches_per_batch_compaction(setup, sharded, micro_batch, bucket
     assert list(pred.stream([], 0.5)) == []
 
 
+@pytest.mark.slow
 def test_stream_yields_each_batch_once_its_hard_samples_are_done(setup, monkeypatch):
     model, variables, _ = setup
     chex.clear_trace_counter()

@@ -1,4 +1,6 @@
 """LF-ViT's ablation switches, resolutions, the DeiT baseline, and errors on bad input."""
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,8 +17,10 @@ TINY = dict(num_classes=5, width=32, depth=4, num_heads=2, mlp_dim=64, patch=8, 
 
 
 def run(model, images, variables=None, **kwargs):
-    variables = variables or model.init(jax.random.key(0), images)
-    out, state = model.apply(variables, images, mutable="intermediates", **kwargs)
+    # Jitted: run eagerly, init and apply compile one small program per operation (~15 s).
+    variables = variables or jax.jit(model.init)(jax.random.key(0), images)
+    out, state = jax.jit(partial(model.apply, mutable="intermediates", **kwargs))(variables,
+                                                                                   images)
     return variables, out, state["intermediates"]["focus_tokens"][0]
 
 
@@ -30,6 +34,14 @@ def base(images):
     return run(LFViT(**TINY), images)
 
 
+@pytest.fixture(scope="module")
+def zero_variables(images):
+    """Parameters of the right shapes, for inputs refused before any computation."""
+    shapes = jax.eval_shape(LFViT(**TINY).init, jax.random.key(0), images)
+    return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+
+
+@pytest.mark.slow
 def test_fusion_adds_exactly_the_reuse_output(images, base):
     variables, out, _ = base
     # Zero the reuse MLP's output layer: fusion then adds nothing, as with fusion off.
@@ -43,6 +55,7 @@ def test_fusion_adds_exactly_the_reuse_output(images, base):
     np.testing.assert_array_equal(off_out["loc_logits"], out["loc_logits"])
 
 
+@pytest.mark.slow
 def test_reuse_tokens_off_drops_only_the_coarse_tokens(images, base):
     variables, _, tokens = base
     model = LFViT(**TINY, reuse_tokens=False)
@@ -52,6 +65,7 @@ def test_reuse_tokens_off_drops_only_the_coarse_tokens(images, base):
     np.testing.assert_array_equal(short, tokens[:, :1 + 4 * k])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("whole_pos_embed", [False, True])
 def test_whole_mode_is_deit_on_the_fine_grid(images, base, whole_pos_embed):
     """Without fusion, the whole-image focus stage is a DeiT on the fine grid: without position
@@ -72,6 +86,7 @@ def test_whole_mode_is_deit_on_the_fine_grid(images, base, whole_pos_embed):
     np.testing.assert_array_equal(region["focus_logits"], base[1]["focus_logits"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", selection.REGION_METHODS)
 def test_region_methods_in_the_model(images, base, method):
     variables, _, _ = base
@@ -133,17 +148,15 @@ def test_bad_model_settings(images, change, match):
     ((2, 64, 64, 1), "3 colour channels last"),
     ((64, 64, 3), "shape \\(B, H, W, 3\\)"),
 ])
-def test_bad_images(base, shape, match):
-    variables, _, _ = base
+def test_bad_images(zero_variables, shape, match):
     with pytest.raises(ValueError, match=match):
-        LFViT(**TINY).apply(variables, jnp.zeros(shape))
+        LFViT(**TINY).apply(zero_variables, jnp.zeros(shape))
 
 
 @pytest.mark.parametrize("eta", [-0.1, 1.5])
-def test_bad_threshold(images, base, eta):
-    variables, _, _ = base
+def test_bad_threshold(images, zero_variables, eta):
     with pytest.raises(ValueError, match="outside \\[0, 1\\]"):
-        LFViT(**TINY).apply(variables, images, threshold=eta)
+        LFViT(**TINY).apply(zero_variables, images, threshold=eta)
 
 
 def test_unknown_config_key():
@@ -151,6 +164,7 @@ def test_unknown_config_key():
         build_model({"name": "lfvit", "variant": "S", "regionsize": 4})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["lfvit", "deit"])
 def test_dense_init_sets_every_dense_kernel_scale(name):
     """'deit': trunc_normal(.02) (std 0.0176 after truncation at 2 sigma); 'lecun':
@@ -160,7 +174,7 @@ def test_dense_init_sets_every_dense_kernel_scale(name):
     stds = {}
     for init in ("deit", "lecun"):
         model = build_model(dict(cfg, dense_init=init))
-        params = model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))["params"]
+        params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))["params"]
         stds[init] = {"/".join(k): (float(np.std(v)), v.shape[0])
                       for k, v in traverse_util.flatten_dict(params).items()
                       if k[-1] == "kernel" and "patch_embed" not in k}
@@ -174,13 +188,14 @@ def test_dense_init_sets_every_dense_kernel_scale(name):
         assert abs(std * np.sqrt(fan_in) - 1.0) < 0.12, key
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("train", [False, True])
 def test_cls_only_last_block_is_the_full_blocks_first_row(train):
     """The classifying passes run their last block for the class token only: its features,
     and their gradients, equal the full computation's first row (with drop path in training)."""
     model = DeiT(**{k: v for k, v in TINY.items() if k != "region_size"}, drop_path=0.3)
     x = jax.random.normal(jax.random.key(2), (3, 17, 32))
-    variables = model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
+    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
     rngs = {"dropout": jax.random.key(3)}
 
     def features(params, cls_only):
@@ -197,12 +212,13 @@ def test_cls_only_last_block_is_the_full_blocks_first_row(train):
     assert short.shape == (3, 32)
 
 
+@pytest.mark.slow
 def test_deferred_localization_gives_the_same_outputs(images):
     """localize(defer=True) skips the last block for every token but the class token; focus
     then finishes it for the K fused tokens only. Same stage-1 outputs and focus logits as the
     full pass; 'whole' focus needs every feature and says so."""
     model = LFViT(**TINY, dense_init="lecun")
-    variables = model.init(jax.random.key(0), images)
+    variables = jax.jit(model.init)(jax.random.key(0), images)
     full = model.apply(variables, images, method=LFViT.localize)
     short = model.apply(variables, images, defer=True, method=LFViT.localize)
     assert short.features is None and full.features is not None

@@ -10,6 +10,8 @@ import pytest
 from lfvit_jax import load_pretrained
 from lfvit_jax.models.resize import resize_align_corners
 
+from conftest import first_fast
+
 DATA = os.path.join(os.path.dirname(__file__), "testdata")
 DUMPS = ("tiny_7x7_m5_stress", "tiny_7x7_m4", "tiny_9x9_m6")
 
@@ -22,7 +24,7 @@ def load_dump(name):
     return model, variables, ref
 
 
-@pytest.fixture(scope="module", params=DUMPS)
+@pytest.fixture(scope="module", params=first_fast(DUMPS))
 def dump(request):
     model, variables, ref = load_dump(request.param)
     images = ref["input_full"].transpose(0, 2, 3, 1)
@@ -67,6 +69,7 @@ def test_exit_decisions(dump):
     np.testing.assert_array_equal(out["logits"].argmax(-1), ref["final_pred"])
 
 
+@pytest.mark.slow
 def test_jitted_forward_compiles_once_per_shape():
     model, variables, ref = load_dump("tiny_7x7_m4")
     images = ref["input_full"].transpose(0, 2, 3, 1)

@@ -24,10 +24,11 @@ TINY = dict(num_classes=10, width=32, depth=2, num_heads=2, mlp_dim=64, patch=8,
 @pytest.fixture(scope="module")
 def model_and_vars():
     model = LFViT(**TINY)
-    variables = model.init(jax.random.key(0), np.zeros((1, 64, 64, 3), np.float32))
+    variables = jax.jit(model.init)(jax.random.key(0), np.zeros((1, 64, 64, 3), np.float32))
     return model, variables
 
 
+@pytest.mark.slow
 def test_files_folder_npz_and_a_corrupt_file(tmp_path, model_and_vars):
     model, variables = model_and_vars
     rng = np.random.default_rng(0)
@@ -128,6 +129,7 @@ def test_console_lines_and_counts_on_a_mixed_folder(tmp_path, model_and_vars, mi
     assert "exited after localization" in line
 
 
+@pytest.mark.slow
 def test_npz_entries_are_counted_one_by_one(tmp_path, model_and_vars):
     model, variables = model_and_vars
     images = np.zeros((3, 64, 64, 3), np.float32)
@@ -161,6 +163,7 @@ def test_unwritable_output_is_refused_before_any_compute(tmp_path, model_and_var
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "mixed"]
 
 
+@pytest.mark.slow
 def test_a_failed_run_leaves_nothing_behind(tmp_path, model_and_vars, monkeypatch, mixed_folder):
     model, variables = model_and_vars
     real = predictors.for_task
@@ -182,9 +185,10 @@ def test_a_failed_run_leaves_nothing_behind(tmp_path, model_and_vars, monkeypatc
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mixed"]
 
 
+@pytest.mark.slow
 def test_deit_rows_and_summary_say_nothing_of_stages(tmp_path, mixed_folder, capsys):
     model = DeiT(num_classes=10, width=32, depth=2, num_heads=2, mlp_dim=64, patch=8, img_size=64)
-    variables = model.init(jax.random.key(0), np.zeros((1, 64, 64, 3), np.float32))
+    variables = jax.jit(model.init)(jax.random.key(0), np.zeros((1, 64, 64, 3), np.float32))
     summary = predict(model, variables, [str(mixed_folder)], cluttered_mnist_config(),
                       str(tmp_path / "out"), 0.5, progress=False, quiet=False)
     rows = [json.loads(x) for x in (tmp_path / "out" / "predictions.jsonl").read_text().split("\n")
@@ -212,6 +216,7 @@ def test_imagenet_names_from_the_package_and_no_dataset_library():
     assert out.stdout.strip() == "[]"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", [None, "DIR", "none"])
 def test_the_persistent_compilation_cache(tmp_path, spec):
     """On by default in the user's cache folder, or in a folder given, or off; a second process

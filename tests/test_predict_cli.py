@@ -12,7 +12,7 @@ from PIL import Image
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import main  # noqa: E402  (the repository's entry point)
 
-from conftest import copy_run  # noqa: E402
+from conftest import LazyRuns, copy_run  # noqa: E402
 from lfvit_jax import load_pretrained  # noqa: E402
 from lfvit_jax.data import pipeline  # noqa: E402
 from lfvit_jax.data.defaults import imagenet_config  # noqa: E402
@@ -72,6 +72,7 @@ def python_api_logits(model, variables, folder, threshold):
     return jax.jit(model.apply)(variables, images, threshold)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("source", ["official_npz", "converted"])
 def test_predict_from_weights_alone(tmp_path, no_dataset, jpegs, source):
     weights = OFFICIAL
@@ -101,19 +102,25 @@ def test_predict_from_weights_alone(tmp_path, no_dataset, jpegs, source):
 
 @pytest.fixture(scope="module")
 def trained(runlocal_runs, tmp_path_factory):
-    """Copies of the session's finished runlocal runs of LF-ViT and of the DeiT baseline."""
+    """Copies of the session's finished runlocal runs (['lfvit'], ['deit']), made when first used."""
     root = tmp_path_factory.mktemp("runs")
-    return {name: copy_run(run, root) for name, run in runlocal_runs.items()}
+    return LazyRuns(lambda name: copy_run(runlocal_runs[name], root))
+
+
+@pytest.fixture
+def trained_run(trained, kind):
+    """`kind`'s run, trained if it was not yet before the test's guard against datasets."""
+    return trained[kind]
 
 
 def snapshot(folder):
     return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
 
-@pytest.mark.parametrize("kind", ["lfvit", "deit"])
-def test_predict_from_a_trained_run(tmp_path, trained, no_dataset, kind, capsys):
+@pytest.mark.parametrize("kind", ["lfvit", pytest.param("deit", marks=pytest.mark.slow)])
+def test_predict_from_a_trained_run(tmp_path, trained_run, no_dataset, kind, capsys):
     """The command line on a run's own config and weights: a line per image, then the summary."""
-    run = trained[kind]
+    run = trained_run
     folder = tmp_path / "imgs"
     folder.mkdir()
     rng = np.random.default_rng(1)
@@ -177,6 +184,7 @@ def test_eval_refuses_a_changed_model_and_keeps_the_run_files(trained, capsys):
     assert result["focus_top1"] == final["focus_top1"]  # the same weights and data as training's
 
 
+@pytest.mark.slow
 def test_checkpoint_best_and_a_missing_step(trained, capsys):
     run = trained["lfvit"]
     assert run_main(["--mode=eval", f"--workdir={run}", "--checkpoint=best"]) == 0

@@ -54,6 +54,7 @@ def test_names_and_layouts_follow_the_rule(state_dict):
     np.testing.assert_array_equal(p["pos_embed_list_0"], state_dict["pos_embed_list.0"])
 
 
+@pytest.mark.slow
 def test_deit_state_dict_into_lfvit(tmp_path, state_dict, caplog):
     sd = deit_state_dict(state_dict)
     with caplog.at_level(logging.WARNING):
@@ -68,6 +69,7 @@ def test_deit_state_dict_into_lfvit(tmp_path, state_dict, caplog):
     assert p["reuse_block_1"]["fc1"]["kernel"].shape == (48, 192)
 
 
+@pytest.mark.slow
 def test_deit_state_dict_at_another_resolution(tmp_path, state_dict):
     path = save_npz(tmp_path, deit_state_dict(state_dict))
     model, variables = load_pretrained(path, num_heads=3, img_size=288, region_size=6)
@@ -76,6 +78,7 @@ def test_deit_state_dict_at_another_resolution(tmp_path, state_dict):
     assert model.h1 == 9
 
 
+@pytest.mark.slow
 def test_deit_state_dict_as_deit(tmp_path, state_dict, images):
     sd = deit_state_dict(state_dict)
     model, variables = load_pretrained(save_npz(tmp_path, sd), num_heads=3, name="deit")
@@ -112,6 +115,7 @@ def test_unknown_file_type(tmp_path):
         load_pretrained(str(path))
 
 
+@pytest.mark.slow
 def test_convert_round_trip(tmp_path, images):
     dst = str(tmp_path / "converted")
     config, count = pretrained.convert(WEIGHTS, dst, num_heads=3, region_size=4)

@@ -47,6 +47,7 @@ def test_kl_teacher_is_stop_gradient():
     np.testing.assert_allclose(g_loc, jax.nn.softmax(loc) - jax.nn.softmax(focus), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_focus_loss_reaches_localization_stage_through_fusion():
     """pos_embed_list_0 is used only by stage 1; in the whole-image phase the focus CE reaches
     it only through the reuse block (fusion)."""
@@ -135,6 +136,7 @@ def torch_adamw(params, grads_per_step, lrs, wd, decay, eps=1e-8, betas=(0.9, 0.
     return params
 
 
+@pytest.mark.slow
 def test_adamw_as_torch_with_idle_parameters():
     """Two updates with `b` idle (torch: grad None), then two with every parameter: `b` is not
     decayed meanwhile and its bias correction starts at its own first step."""
@@ -160,6 +162,7 @@ def test_adamw_as_torch_with_idle_parameters():
     assert int(state.count["b"]) == 2 and int(state.count["a"]) == 4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("whole_pos_embed,fusion", [(False, True), (True, True), (False, False)])
 def test_idle_parameters_are_those_without_gradient(whole_pos_embed, fusion):
     cfg = tiny_config().model

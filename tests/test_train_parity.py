@@ -38,6 +38,7 @@ def one_step(phase):
     return float(loss), terms, traverse_util.flatten_dict(jax.device_get(grads))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("phase", ["whole", "region"])
 def test_loss_and_gradients_match_the_release(phase):
     with open(os.path.join(GRAD, "summary.json")) as f:
@@ -57,6 +58,7 @@ def test_loss_and_gradients_match_the_release(phase):
 
 
 
+@pytest.mark.slow
 def test_training_curve_reproduces_the_release():
     """20 steps of 8 images (10 epochs of 2 steps, lr per epoch, selection from step 10) from the
     release's weights on the committed batches: the release's losses, step by step."""

@@ -14,6 +14,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 import train_fakes
+from processes import xla_flags
 from lfvit_jax.training import trainer
 from lfvit_jax.io import rundir
 
@@ -25,7 +26,7 @@ ROOT = os.path.dirname(TESTS)
 def env(tmp_path_factory):
     cache = tmp_path_factory.mktemp("jax_cache")
     return dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, TESTS]), JAX_PLATFORMS="cpu",
-                XLA_FLAGS="--xla_force_host_platform_device_count=2",
+                XLA_FLAGS=xla_flags(2),
                 JAX_COMPILATION_CACHE_DIR=str(cache),
                 JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                 JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")

@@ -31,6 +31,7 @@ def assert_trees_close(a, b, rtol):
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=rtol, atol=1e-7), a, b)
 
 
+@pytest.mark.slow
 def test_sharded_step_equals_single_device_step():
     """Drop path on: the per-sample masks must not depend on how the batch is split."""
     config = train_fakes.tiny_config()
@@ -43,6 +44,7 @@ def test_sharded_step_equals_single_device_step():
     assert_trees_close(s1["params"], s8["params"], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_fsdp_accumulation_and_ema_match_plain_data_parallel():
     """Without drop path every micro-batch computes the same function, so accumulation is exact
     up to summation order; FSDP changes only where the arrays live; EMA only adds a copy."""
@@ -80,6 +82,7 @@ def test_guards():
         trainer.Setup(config, train_fakes.get_dataset_info(config.data))
 
 
+@pytest.mark.slow
 def test_eval_before_selection_focuses_on_the_whole_image():
     """As the release: an evaluation after an epoch of the whole-image phase runs the focus stage
     on the whole image, from the first epoch with selection on the region (4 steps an epoch,
