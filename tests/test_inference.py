@@ -128,8 +128,11 @@ def test_bucket_sizes(batch, fractions, micro, want):
         assert predictors.choose_bucket(n, sizes) >= n
 
 
-def test_wrong_batch_size(setup):
-    model, variables, images = setup
+def test_wrong_batch_size():
+    """Refused before any computation: parameters of the right shapes are enough."""
+    model, images = LFViT(**TINY), np.zeros((BATCH, 64, 64, 3), np.float32)
+    variables = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype),
+                             jax.eval_shape(model.init, jax.random.key(0), images))
     pred = predictors.EarlyExitPredictor(model, variables, BATCH)
     with pytest.raises(ValueError, match="Expected a batch of 16 images, got 8"):
         pred(images[:8], 0.5)
