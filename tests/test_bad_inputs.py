@@ -351,6 +351,7 @@ def zoo_run(runlocal_runs, tmp_path_factory):
     return code, err, records, skipped, cfg, base / "in"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(ZOO_ERRORS))
 def test_zoo_bad_files_are_reported(zoo_run, name):
     code, err, records, skipped, _, _ = zoo_run
@@ -361,6 +362,7 @@ def test_zoo_bad_files_are_reported(zoo_run, name):
         assert word in err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ZOO_OK)
 def test_zoo_readable_files_are_predicted(zoo_run, name):
     _, _, records, _, _, _ = zoo_run
