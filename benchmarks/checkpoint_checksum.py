@@ -112,7 +112,8 @@ def main(argv):
     if not FLAGS.dir:
         shutil.rmtree(root)
     med = {k: statistics.median(v) for k, v in times.items()}
-    out = {"cpu": precision.host_cpu_model(), "devices": jax.device_count(), "state_mb": nbytes / 2**20,
+    out = {"cpu": precision.host_cpu_model(), "devices": jax.device_count(),
+           "state_mb": nbytes / 2**20,
            "rounds": FLAGS.rounds, **{f"{k}_s": v for k, v in med.items()},
            "save_overhead": med["save_checked"] / med["save"] - 1,
            "restore_overhead": med["restore_checked"] / med["restore"] - 1}

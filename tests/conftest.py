@@ -13,6 +13,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="lfvit_test_jax_cache_"))
 
 import jax  # noqa: E402  (imported after XLA_FLAGS on purpose)
+import numpy as np  # noqa: E402
 
 # Parity with float32 references needs true float32 matmuls on every backend.
 jax.config.update("jax_default_matmul_precision", "highest")
@@ -38,6 +39,13 @@ def gcs():
             else:
                 os.environ[key] = value
         emulator.stop()
+
+
+def zero_variables(model, images):
+    """`model`'s variables as zeros of the right shapes: enough for inputs refused before any
+    computation, without compiling the model."""
+    shapes = jax.eval_shape(model.init, jax.random.key(0), images)
+    return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
 
 
 def first_fast(values):

@@ -9,6 +9,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from lfvit_jax.inference import predictors
 from lfvit_jax.models.lfvit import LFViT
 
+from conftest import zero_variables
+
 TINY = dict(num_classes=7, width=32, depth=3, num_heads=2, mlp_dim=64, patch=8, img_size=64,
             region_size=3)
 BATCH = 16
@@ -131,8 +133,7 @@ def test_bucket_sizes(batch, fractions, micro, want):
 def test_wrong_batch_size():
     """Refused before any computation: parameters of the right shapes are enough."""
     model, images = LFViT(**TINY), np.zeros((BATCH, 64, 64, 3), np.float32)
-    variables = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype),
-                             jax.eval_shape(model.init, jax.random.key(0), images))
+    variables = zero_variables(model, images)
     pred = predictors.EarlyExitPredictor(model, variables, BATCH)
     with pytest.raises(ValueError, match="Expected a batch of 16 images, got 8"):
         pred(images[:8], 0.5)

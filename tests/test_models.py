@@ -12,6 +12,8 @@ from lfvit_jax import build_model
 from lfvit_jax.models.vit import DeiT
 from lfvit_jax.models.lfvit import LFViT
 
+from conftest import zero_variables
+
 TINY = dict(num_classes=5, width=32, depth=4, num_heads=2, mlp_dim=64, patch=8, img_size=64,
             region_size=3)
 
@@ -35,10 +37,9 @@ def base(images):
 
 
 @pytest.fixture(scope="module")
-def zero_variables(images):
+def zeros(images):
     """Parameters of the right shapes, for inputs refused before any computation."""
-    shapes = jax.eval_shape(LFViT(**TINY).init, jax.random.key(0), images)
-    return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+    return zero_variables(LFViT(**TINY), images)
 
 
 @pytest.mark.slow
@@ -148,15 +149,15 @@ def test_bad_model_settings(images, change, match):
     ((2, 64, 64, 1), "3 colour channels last"),
     ((64, 64, 3), "shape \\(B, H, W, 3\\)"),
 ])
-def test_bad_images(zero_variables, shape, match):
+def test_bad_images(zeros, shape, match):
     with pytest.raises(ValueError, match=match):
-        LFViT(**TINY).apply(zero_variables, jnp.zeros(shape))
+        LFViT(**TINY).apply(zeros, jnp.zeros(shape))
 
 
 @pytest.mark.parametrize("eta", [-0.1, 1.5])
-def test_bad_threshold(images, zero_variables, eta):
+def test_bad_threshold(images, zeros, eta):
     with pytest.raises(ValueError, match="outside \\[0, 1\\]"):
-        LFViT(**TINY).apply(zero_variables, images, threshold=eta)
+        LFViT(**TINY).apply(zeros, images, threshold=eta)
 
 
 def test_unknown_config_key():

@@ -102,7 +102,8 @@ def test_predict_from_weights_alone(tmp_path, no_dataset, jpegs, source):
 
 @pytest.fixture(scope="module")
 def trained(runlocal_runs, tmp_path_factory):
-    """Copies of the session's finished runlocal runs (['lfvit'], ['deit']), made when first used."""
+    """Copies of the session's finished runlocal runs (['lfvit'], ['deit']), made when first
+    used."""
     root = tmp_path_factory.mktemp("runs")
     return LazyRuns(lambda name: copy_run(runlocal_runs[name], root))
 
