@@ -38,7 +38,7 @@ else:
 
 DEMO_NOTE = ("Without a converted checkpoint these notebooks use the small demo model "
              "(`configs/demo.py`, cluttered MNIST at 64 px). The first notebook to need it trains "
-             "it into `$LFVIT_DEMO_WORKDIR` (default `~/lfvit_demo`), about 8-11 minutes on a "
+             "it into `$LFVIT_DEMO_WORKDIR` (default `~/lfvit_demo`), about 8-10 minutes on a "
              "2-core CPU; later runs reuse it. `LFVIT_NOTEBOOK_FAST=1` swaps in the 8-step "
              "`runlocal` variant (what the tests run); `LFVIT_PRECISION=bfloat16` evaluates and "
              "predicts with bfloat16 matmuls (float32 accumulation).")
@@ -186,7 +186,7 @@ def training_walkthrough():
             "# Training walkthrough\n\n"
             "Trains the demo config (`configs/demo.py`: a 4-block LF-ViT on cluttered MNIST) "
             "from this notebook, plots its curves, and resumes a run from a checkpoint. About "
-            "8-11 minutes on a 2-core CPU; `LFVIT_NOTEBOOK_FAST=1` trains the 8-step `runlocal` "
+            "8-10 minutes on a 2-core CPU; `LFVIT_NOTEBOOK_FAST=1` trains the 8-step `runlocal` "
             "variant instead. The same run from a shell: `lfvit train --config demo "
             "--workdir workdirs/demo`."),
         new_code_cell(SETUP),
