@@ -80,12 +80,13 @@ def our_config(run, weights=WEIGHTS, overrides=()):
     return config
 
 
-def train_ours(run, images, targets, overrides=()):
-    """(losses, lrs) of our training loop's step on the given batches."""
+def train_ours(run, images, targets, overrides=(), mesh=None):
+    """(losses, lrs) of our training loop's step on the given batches (on `mesh`, default every
+    device)."""
     config = our_config(run, overrides=overrides)
     info = dict(num_classes=10, image_size=224, eval_examples=run["batch"],
                 train_examples=run["batch"] * run["steps_per_epoch"])
-    setup = trainer.Setup(config, info)
+    setup = trainer.Setup(config, info, mesh)
     state = setup.state_from_pretrained()
     sharding = parallel.batch_sharding(setup.mesh)
     losses, lrs = [], []

@@ -11,6 +11,10 @@ elif FAST_COMPILE not in os.environ["XLA_FLAGS"]:
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # The commands turn JAX's persistent compilation cache on: the tests' goes to a folder of their own.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="lfvit_test_jax_cache_"))
+# Every executable, however small: tests build the same tiny models again and again (a fifth off
+# test_inference and test_models), and their subprocesses inherit it.
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import jax  # noqa: E402  (imported after XLA_FLAGS on purpose)
 import numpy as np  # noqa: E402

@@ -80,13 +80,9 @@ def last_json(out):
 
 
 @pytest.fixture(scope="module")
-def one_device_env(tmp_path_factory):
-    """A real process on one device, sharing a compilation cache with the other ones."""
-    return dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu",
-                XLA_FLAGS=xla_flags(1),
-                JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")),
-                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+def one_device_env():
+    """A real process on one device (the compilation cache is the session's, see conftest)."""
+    return dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(1))
 
 
 def train_process(workdir, env):

@@ -117,7 +117,7 @@ def test_readme_commands_run(tmp_path, runlocal_runs):
     copy_run(runlocal_runs["lfvit"], tmp_path / "workdirs").rename(tmp_path / "workdirs" / "demo")
     assert commands[:3] == ["pip install -r requirements.txt",
                             "lfvit train --config demo --workdir workdirs/demo",
-                            "python -m pytest -q tests"]
+                            "python -m pytest -q -n 2 tests"]
     canvases = tmp_path / "canvases"
     canvases.mkdir()
     for i in range(3):

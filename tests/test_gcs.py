@@ -27,13 +27,9 @@ ROOT = os.path.dirname(TESTS)
 
 
 @pytest.fixture(scope="module")
-def env(gcs, tmp_path_factory):
-    cache = tmp_path_factory.mktemp("jax_cache")
+def env(gcs):
     return dict(os.environ, **gcs.env, PYTHONPATH=os.pathsep.join([ROOT, TESTS]),
-                JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(2),
-                JAX_COMPILATION_CACHE_DIR=str(cache),
-                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+                JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(2))
 
 
 @pytest.fixture(scope="module")

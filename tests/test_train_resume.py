@@ -1,7 +1,7 @@
 """Exact resume after SIGKILL, the non-finite-loss guard, and the incompatible-workdir guard.
 
-Training runs are subprocesses of tests/train_fakes.py (2 fake devices each) sharing a
-persistent compilation cache, so only the first one pays for compiling.
+Training runs are subprocesses of tests/train_fakes.py (2 fake devices each) sharing the
+session's persistent compilation cache (conftest), so only the first one pays for compiling.
 """
 import os
 import signal
@@ -23,13 +23,9 @@ ROOT = os.path.dirname(TESTS)
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("jax_cache")
+def env():
     return dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, TESTS]), JAX_PLATFORMS="cpu",
-                XLA_FLAGS=xla_flags(2),
-                JAX_COMPILATION_CACHE_DIR=str(cache),
-                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+                XLA_FLAGS=xla_flags(2))
 
 
 def launch(workdir, env, delay=0.0, nan_from=-1):
