@@ -8,9 +8,7 @@ random (BATCH, N, 384) tokens for each N in TOKENS (comma separated), 2 threads,
 torch.profiler, and prints one JSON line: per N, the forward's median wall time and the
 self-times of every aten op per forward, in ms.
 """
-import importlib.util
 import json
-import os
 import sys
 import time
 
@@ -18,14 +16,12 @@ import numpy as np
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from train_parity_release import _ref_env  # a sibling script of the release's side
+
 
 def main(release_dir, batch, tokens, iters):
-    spec = importlib.util.spec_from_file_location("ref_env", os.path.join(release_dir,
-                                                                         "ref_env.py"))
-    ref_env = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ref_env)
     torch.set_num_threads(2)
-    model = ref_env.build_model(7, 5, 0).eval()
+    model = _ref_env(release_dir).build_model(7, 5, 0).eval()
 
     def forward(t):
         for blk in model.blocks:

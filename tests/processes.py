@@ -17,6 +17,13 @@ def xla_flags(devices):
     return f"--xla_force_host_platform_device_count={devices} {FAST_COMPILE}"
 
 
+def process_env(devices, **extra):
+    """The environment of a test subprocess with `devices` CPU devices: the tests' imports, the
+    session's compilation cache (conftest) and its XLA flags."""
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, TESTS]), JAX_PLATFORMS="cpu",
+                XLA_FLAGS=xla_flags(devices), **extra)
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -26,8 +33,7 @@ def free_port():
 def launch(script_args, n=2, devices=4, **env):
     """`python *script_args --coordinator_address=... --num_processes=n --process_id=i` for
     each i, every process with `devices` CPU devices; output (stderr too) on a pipe."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, TESTS]), JAX_PLATFORMS="cpu",
-               XLA_FLAGS=xla_flags(devices), **env)
+    env = process_env(devices, **env)
     address = f"127.0.0.1:{free_port()}"
     return [subprocess.Popen([sys.executable, *script_args, f"--coordinator_address={address}",
                               f"--num_processes={n}", f"--process_id={i}"], env=env, cwd=ROOT,

@@ -25,7 +25,7 @@ ROOT = os.path.dirname(TESTS)
 sys.path.insert(0, ROOT)
 
 import main  # noqa: E402  (the repository's main.py)
-from processes import xla_flags  # noqa: E402
+from processes import process_env  # noqa: E402
 from lfvit_jax.core import config_args  # noqa: E402
 from lfvit_jax.inference import inputs  # noqa: E402
 from lfvit_jax.data.defaults import cluttered_mnist_config  # noqa: E402
@@ -82,7 +82,7 @@ def last_json(out):
 @pytest.fixture(scope="module")
 def one_device_env():
     """A real process on one device (the compilation cache is the session's, see conftest)."""
-    return dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(1))
+    return process_env(1)
 
 
 def train_process(workdir, env):

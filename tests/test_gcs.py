@@ -15,21 +15,18 @@ import orbax.checkpoint as ocp
 import pytest
 from PIL import Image
 
-from processes import free_port, xla_flags
+from processes import ROOT, TESTS, free_port, process_env
 from lfvit_jax.io import rundir, storage
 from lfvit_jax.data.defaults import cluttered_mnist_config
 from lfvit_jax.data.pipeline import eval_iterator
 
 pytestmark = pytest.mark.slow  # a GCS emulator and training processes
 
-TESTS = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(TESTS)
 
 
 @pytest.fixture(scope="module")
 def env(gcs):
-    return dict(os.environ, **gcs.env, PYTHONPATH=os.pathsep.join([ROOT, TESTS]),
-                JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(2))
+    return process_env(2, **gcs.env)
 
 
 @pytest.fixture(scope="module")

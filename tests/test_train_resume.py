@@ -14,18 +14,15 @@ import orbax.checkpoint as ocp
 import pytest
 
 import train_fakes
-from processes import xla_flags
+from processes import ROOT, TESTS, process_env
 from lfvit_jax.training import trainer
 from lfvit_jax.io import rundir
 
-TESTS = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(TESTS)
 
 
 @pytest.fixture(scope="module")
 def env():
-    return dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, TESTS]), JAX_PLATFORMS="cpu",
-                XLA_FLAGS=xla_flags(2))
+    return process_env(2)
 
 
 def launch(workdir, env, delay=0.0, nan_from=-1):
